@@ -1,0 +1,1 @@
+"""The gptalk Telegram bot (aiogram 3). Built in the next issue; only settings live here now."""
