@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ def _positive_int(raw: str) -> int:
 
 def _positive_float(raw: str) -> float:
     value = float(raw)
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise ValueError(raw)
     return value
 
@@ -115,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_uses = _env("GPTALK_MAX_USES", _positive_int, DEFAULT_MAX_USES)
         args.connect_timeout = _env("GPTALK_CONNECT_TIMEOUT", _positive_float, 10.0)
         args.read_timeout = _env("GPTALK_READ_TIMEOUT", _positive_float, 60.0)
+        if not args.url.startswith(("http://", "https://")):
+            raise UsageError(f"--url/GPTALK_URL: not an http(s) URL: {args.url!r}")
+        if args.redis_url:
+            try:
+                Redis.from_url(args.redis_url)  # validates the URL; connects lazily
+            except ValueError:
+                raise UsageError("--redis-url/REDIS_URL: not a redis:// URL") from None
     except UsageError as exc:
         parser.error(str(exc))
     prompt = sys.stdin.read() if args.prompt == ["-"] else " ".join(args.prompt)
@@ -126,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gptalk: error: {exc}", file=sys.stderr)
         return 1
     except RedisError as exc:
-        print(f"gptalk: error: Redis at REDIS_URL is not usable: {exc}", file=sys.stderr)
+        print(f"gptalk: error: Redis is not usable: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

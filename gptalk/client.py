@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Final, NoReturn, Self
+from typing import Any, Final, Self
 
 import aiohttp
 
@@ -382,7 +382,8 @@ class GPTalkClient:
             ) as response:
                 return response.status, await response.text(errors="replace")
         except (TimeoutError, aiohttp.ClientError) as exc:
-            _raise_transport_error(exc, endpoint, *secrets_)
+            error = _transport_error(exc, endpoint, *secrets_)
+        raise error  # outside the except block: no implicit __context__ to leak from
 
     @staticmethod
     def _check_status(status: int, text: str, endpoint: Endpoint, *secrets_: str) -> None:
@@ -436,24 +437,30 @@ class GPTalkClient:
                 if tail is not None and parse_data_line(tail) is DONE:
                     return
         except aiohttp.ClientPayloadError:
-            pass  # the connection closed mid-body: the same as ending without [DONE]
+            transport_error = None  # closed mid-body: the same as ending without [DONE]
         except (TimeoutError, aiohttp.ClientError) as exc:
-            _raise_transport_error(exc, "stream", stream_token)
-        raise StreamInterruptedError(
+            transport_error = _transport_error(exc, "stream", stream_token)
+        else:
+            transport_error = None
+        # Raised outside the except blocks: no implicit __context__ to leak a token from.
+        raise transport_error or StreamInterruptedError(
             "the GPTalk stream ended before [DONE]", received="".join(received)
         )
 
 
-def _raise_transport_error(
+def _transport_error(
     exc: TimeoutError | aiohttp.ClientError, endpoint: Endpoint, *secrets_: str
-) -> NoReturn:
-    """Re-raise a transport failure as a GPTalk error whose text holds no token."""
-    detail = _redact(str(exc) or type(exc).__name__, *secrets_)
+) -> APIConnectionError:
+    """A GPTalk error for a transport failure, whose text holds no token."""
+    original = str(exc) or type(exc).__name__
+    detail = _redact(original, *secrets_)
     error: APIConnectionError
     if isinstance(exc, TimeoutError):
         error = APITimeoutError(f"GPTalk {endpoint} timed out ({detail})", endpoint=endpoint)
     else:
         error = APIConnectionError(f"GPTalk {endpoint} failed: {detail}", endpoint=endpoint)
-    # The original stays attached for debugging unless its own text would print a
+    # The original stays attached for debugging unless its own text would show a
     # token (aiohttp puts request URLs, with the stream token, in some messages).
-    raise error from (None if detail != (str(exc) or type(exc).__name__) else exc)
+    error.__cause__ = exc if detail == original else None
+    error.__suppress_context__ = True
+    return error

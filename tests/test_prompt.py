@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gptalk import format_prompt
+from gptalk import Message, format_prompt
 
 
 def test_single_message_is_its_content_unchanged() -> None:
@@ -10,12 +10,15 @@ def test_single_message_is_its_content_unchanged() -> None:
 
 
 def test_spec_example() -> None:
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}]
+    messages: list[Message] = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Hi"},
+    ]
     assert format_prompt(messages) == "System: S\nUser: Hi\nAssistant:"
 
 
 def test_roles_are_capitalized_and_joined_with_newlines() -> None:
-    messages = [
+    messages: list[Message] = [
         {"role": "user", "content": "a"},
         {"role": "assistant", "content": "b\nc"},
         {"role": "USER", "content": "d"},
