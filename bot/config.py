@@ -1,0 +1,109 @@
+"""Settings of the bot, read once at startup from the environment and ``.env``.
+
+The variable names are a public interface (design.md): each field is named after
+its variable, and validation errors name the variable, not the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+IdSet = Annotated[frozenset[int], NoDecode]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names every offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    bot_token: SecretStr
+    telegram_api_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = Field("gptalk", pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    gptalk_url: str = "https://gptalk.net"
+    gptalk_model: str = "gpt-3.5-turbo"
+    gptalk_proxy: str | None = None
+    gptalk_max_uses: int = Field(5, ge=1)
+    gptalk_connect_timeout: float = Field(10.0, gt=0)
+    gptalk_read_timeout: float = Field(60.0, gt=0)
+
+    system_prompt: str = ""
+    admin_ids: IdSet = frozenset()
+    allowed_user_ids: IdSet = frozenset()
+
+    edit_interval: float = Field(1.0, gt=0)
+    group_edit_interval: float = Field(3.0, gt=0)
+    history_max_messages: int = Field(20, ge=2)
+    history_ttl: int = Field(604800, ge=1)
+    prompt_max_chars: int = Field(12000, ge=100)
+    user_rate_limit: int = Field(10, ge=0)
+    shutdown_timeout: float = Field(30.0, ge=0)
+    log_level: LogLevel = "INFO"
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr) -> SecretStr:
+        # "123456:ABC…": catches pasting the bot's name or a URL, without echoing it.
+        token = value.get_secret_value().strip()
+        head, sep, tail = token.partition(":")
+        if not (sep and head.isdigit() and tail and " " not in token):
+            raise ValueError("must look like 123456789:ABC… (the token @BotFather gave you)")
+        return SecretStr(token)
+
+    @field_validator("telegram_api_url", "gptalk_url", "gptalk_proxy", mode="before")
+    @classmethod
+    def _http_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/") or None
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None
+            if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("admin_ids", "allowed_user_ids", mode="before")
+    @classmethod
+    def _id_list(cls, value: Any) -> Any:
+        # "1, 2", "1,2," and "" are all fine.
+        if isinstance(value, str):
+            try:
+                return frozenset(int(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError("must be comma-separated numeric user ids") from None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into one readable line per variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+            message = "is required" if error["type"] == "missing" else error["msg"]
+            problems.append(f"{name}: {message.removeprefix('Value error, ')}")
+        raise ConfigError("; ".join(problems)) from None

@@ -1,0 +1,13 @@
+"""One router per feature, in the order they must see updates (catch-all last)."""
+
+from __future__ import annotations
+
+from aiogram import Router
+
+from . import chat, commands, errors
+
+__all__ = ["routers"]
+
+
+def routers() -> list[Router]:
+    return [errors.router, commands.router, chat.router]

@@ -1,0 +1,39 @@
+"""Prompts: every text message in a private chat."""
+
+from __future__ import annotations
+
+from aiogram import Bot, F, Router
+from aiogram.types import Message
+
+from bot.answering import Answerer
+from bot.storage.keys import ConversationKey
+
+__all__ = ["router"]
+
+router = Router(name="chat")
+router.message.filter(F.chat.type == "private")
+
+TEXT_ONLY = "I can only read text messages. Please send your question as text."
+UNKNOWN_COMMAND = "I don't know that command. /help lists the ones I do."
+EMPTY_PROMPT = "Your message is empty. What would you like to ask?"
+
+
+@router.message(F.text.startswith("/"))
+async def on_unknown_command(message: Message) -> None:
+    await message.answer(UNKNOWN_COMMAND)
+
+
+@router.message(F.text)
+async def on_text(
+    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
+) -> None:
+    text = (message.text or "").strip()
+    if not text:
+        await message.answer(EMPTY_PROMPT)
+        return
+    await answerer.prompt(bot, message, conversation, text)
+
+
+@router.message()
+async def on_other(message: Message) -> None:
+    await message.answer(TEXT_ONLY)

@@ -1,0 +1,38 @@
+"""Whatever escapes a handler: logged with its traceback, and a short apology to the
+chat — never the exception text."""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Router
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import ErrorEvent
+from redis.exceptions import RedisError
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+
+router = Router(name="errors")
+
+UNAVAILABLE = "⚠️ I'm temporarily unavailable (storage is down). Please try again in a minute."
+FAILED = "⚠️ Sorry, something went wrong on my side. Please try again."
+
+
+@router.error()
+async def on_error(event: ErrorEvent) -> bool:
+    exc = event.exception
+    if isinstance(exc, RedisError):
+        log.warning("Redis is unavailable: %s", exc)
+        text = UNAVAILABLE
+    else:
+        log.error("unhandled error in update %s", event.update.update_id, exc_info=exc)
+        text = FAILED
+    message = event.update.message
+    if message is not None and message.chat.type == "private":
+        try:
+            await message.answer(text)
+        except TelegramAPIError as send_error:
+            log.warning("could not tell chat %s about the error: %s", message.chat.id, send_error)
+    return True

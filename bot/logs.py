@@ -1,0 +1,54 @@
+"""Logging set-up: one format, and secrets masked in every record."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+__all__ = ["RedactingFilter", "setup_logging"]
+
+# GPTalk stream tokens travel in URLs (?token=…), bearer tokens in headers.
+_PATTERNS = (
+    re.compile(r"(token=)[^&\s'\"]+"),
+    re.compile(r"(Bearer\s+)[^\s'\"]+", re.IGNORECASE),
+    re.compile(r"(/bot)\d+:[\w-]+"),  # Bot API URLs carry the bot token
+)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks the given secrets and anything token-shaped in log records.
+
+    A last line of defence: code should not log secrets in the first place, but
+    library exceptions (aiohttp's among them) put request URLs in their messages.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        for pattern in _PATTERNS:
+            text = pattern.sub(r"\1***", text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = self._clean(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            # Format the traceback now, cleaned, so handlers print this text.
+            formatter = logging.Formatter()
+            record.exc_text = self._clean(formatter.formatException(record.exc_info))
+            record.exc_info = None
+        record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(level: str, *, secrets: Iterable[str] = ()) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

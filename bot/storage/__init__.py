@@ -1,0 +1,1 @@
+"""Storage behind small interfaces, each with an in-memory and a Redis implementation."""

@@ -1,0 +1,311 @@
+"""The streaming reply: one growing answer, shown in Telegram as it is written.
+
+:class:`StreamingReply` consumes an async iterator of text deltas (it knows nothing
+about where they come from), sends the first message as soon as there is visible
+text and edits it in place, within the chat's rate limits:
+
+* every call waits for a slot of the chat's :class:`~bot.ratelimit.ChatLimiter`;
+  the content is chosen only once the slot is granted, so a slow budget coalesces
+  many deltas into one edit of the newest text;
+* first messages, parts that just filled up and the final edit are ``HIGH``
+  priority; intermediate edits are ``LOW`` (edit interval, budget reserve);
+* an edit is made only when what Telegram would store (trimmed text and entities)
+  changes;
+* Markdown is rendered to entities; if Telegram rejects them, that message falls
+  back to plain text;
+* text beyond 4096 UTF-16 units continues in new messages; a full part is given
+  its final content once and not edited again;
+* a 429 blocks the chat's limiter and the newest text goes out afterwards; a
+  deleted message is replaced by a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiogram import Bot
+from aiogram.enums import ChatAction
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import LinkPreviewOptions, ReplyParameters
+
+from .ratelimit import ChatLimiter, Limiters, Priority
+from .render import Rendered, cut_ranges, render, split
+
+__all__ = ["ChatUnavailableError", "Delivered", "StreamingReply"]
+
+log = logging.getLogger(__name__)
+
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+
+class ChatUnavailableError(Exception):
+    """The bot can no longer write to this chat (blocked, kicked, chat deleted)."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What the user got."""
+
+    message_ids: tuple[int, ...]
+    markdown: str  # the whole text consumed from the stream (with the stop suffix)
+    visible: str  # the text of the messages as Telegram shows it, parts joined by "\n"
+    stopped: bool = False
+
+
+@dataclass
+class _Shown:
+    message_id: int
+    content: Rendered  # what Telegram stores now
+
+
+class StreamingReply:
+    """Stream one answer into a chat. Use once: ``await StreamingReply(...).run(deltas)``."""
+
+    MAX_FAILURES = 5  # consecutive failed calls before giving up on the rest
+
+    def __init__(
+        self,
+        bot: Bot,
+        limiter: ChatLimiter,
+        chat_id: int,
+        *,
+        reply_to: int | None = None,
+        thread_id: int | None = None,
+        empty_notice: str = "(empty answer)",
+        typing_interval: float = 4.0,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._bot, self._limiter, self._chat_id = bot, limiter, chat_id
+        self._reply_to, self._thread_id = reply_to, thread_id
+        self._empty = Rendered(empty_notice)
+        self._typing_interval, self._retry_delay = typing_interval, retry_delay
+        self._chunks: list[str] = []
+        self._changed = asyncio.Event()
+        self._done = False
+        self._want = Priority.HIGH
+        self._shown: list[_Shown] = []
+        self._plain: set[int] = set()  # parts whose entities Telegram rejected
+        # Parts that filled up are fixed while the stream runs, so that later text
+        # cannot move their boundaries: they cover render(markdown).text[:frozen_end].
+        self._frozen: list[Rendered] = []
+        self._frozen_end = 0
+        self._frozen_region = Rendered("")
+        self._pump: asyncio.Task[None] | None = None
+        self._stop_suffix: str | None = None
+
+    @property
+    def markdown(self) -> str:
+        return "".join(self._chunks)
+
+    def stop(self, suffix: str) -> None:
+        """Stop reading the stream (closing it); the answer so far ends with ``suffix``.
+
+        Works before and during :meth:`run`; after the stream ended it changes nothing.
+        """
+        if self._stop_suffix is None and not self._done:
+            self._stop_suffix = suffix
+            if self._pump is not None:
+                self._pump.cancel()
+
+    async def run(self, deltas: AsyncIterator[str]) -> Delivered:
+        """Consume ``deltas`` and deliver them; return what was delivered.
+
+        Raises :class:`ChatUnavailableError` when the chat cannot be written to. An
+        exception from ``deltas`` is re-raised after the text so far is delivered.
+        """
+        self._pump = pump = asyncio.create_task(self._read(deltas))
+        pump.add_done_callback(self._finish)
+        if self._stop_suffix is not None:
+            pump.cancel()  # stopped before it started
+        typing = asyncio.create_task(self._keep_typing())
+        try:
+            await self._deliver_all(typing)
+        finally:
+            typing.cancel()
+            if not pump.done():
+                pump.cancel()
+            await asyncio.gather(typing, pump, return_exceptions=True)
+        if not pump.cancelled() and (error := pump.exception()) is not None:
+            raise error
+        return Delivered(
+            message_ids=tuple(shown.message_id for shown in self._shown),
+            markdown=self.markdown,
+            visible="\n".join(shown.content.text for shown in self._shown),
+            stopped=self._stop_suffix is not None,
+        )
+
+    async def _read(self, deltas: AsyncIterator[str]) -> None:
+        try:
+            async for delta in deltas:
+                self._chunks.append(delta)
+                self._changed.set()
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _finish(self, _: object = None) -> None:
+        # A done-callback of the reading task: runs however it ended, even when it
+        # was cancelled before its first step (its finally clauses never ran then).
+        if self._done:
+            return
+        if self._stop_suffix is not None:
+            self._chunks.append(self._stop_suffix)
+        self._done = True
+        self._changed.set()
+        self._limiter.poke()  # a pending intermediate edit is now the final one
+
+    async def _keep_typing(self) -> None:
+        while True:
+            try:
+                await self._bot.send_chat_action(
+                    self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
+                )
+            except (TelegramBadRequest, TelegramNetworkError, TelegramServerError) as exc:
+                log.debug("chat action failed in chat %s: %s", self._chat_id, exc)
+            except (TelegramForbiddenError, TelegramRetryAfter):
+                return
+            await asyncio.sleep(self._typing_interval)
+
+    def _priority(self) -> Priority:
+        return Priority.HIGH if self._done else self._want
+
+    async def _deliver_all(self, typing: asyncio.Task[None]) -> None:
+        failures = 0
+        while True:
+            if not self._done:
+                await self._changed.wait()
+                self._changed.clear()
+            if self._plan() is None:
+                if self._done:
+                    return
+                continue
+            await self._limiter.acquire(self._priority)
+            step = self._plan()  # again: the newest text, now that we have a slot
+            if step is None:
+                continue
+            index, content = step
+            if await self._deliver(index, content):
+                failures = 0
+                typing.cancel()
+            else:
+                failures += 1
+                if failures >= self.MAX_FAILURES:
+                    log.error("giving up on the answer in chat %s", self._chat_id)
+                    return
+
+    def _layout(self) -> list[Rendered]:
+        """The messages the answer should be now."""
+        full = render(self.markdown)
+        if self._done and self._frozen and full.slice(0, self._frozen_end) != self._frozen_region:
+            # Completed Markdown changed how the fixed parts render (rare: e.g. a
+            # link reference defined at the end). Correctness first: lay out anew.
+            self._frozen, self._frozen_end = [], 0
+        rest = full.slice(self._frozen_end, len(full.text))
+        ranges = cut_ranges(rest)
+        if not self._done and len(ranges) > 1:
+            for start, end in ranges[:-1]:
+                part = rest.slice(start, end).trimmed()
+                if part.text:
+                    self._frozen.append(part)
+            self._frozen_end += ranges[-1][0]
+            self._frozen_region = full.slice(0, self._frozen_end)
+            rest = rest.slice(ranges[-1][0], len(rest.text))
+        parts = [*self._frozen, *split(rest)]
+        if not parts and self._done:
+            parts = [self._empty]
+        return parts
+
+    def _plan(self) -> tuple[int, Rendered] | None:
+        """The next message to send (index == number shown) or edit, or None."""
+        parts = self._layout()
+        for index, content in enumerate(parts):
+            wanted = content.plain() if index in self._plain else content
+            if index == len(self._shown):
+                self._want = Priority.HIGH
+                return index, wanted
+            if wanted != self._shown[index].content:
+                last = index == len(parts) - 1
+                self._want = Priority.LOW if last and not self._done else Priority.HIGH
+                return index, wanted
+        return None
+
+    async def _deliver(self, index: int, content: Rendered) -> bool:
+        """Make one call; return whether the answer's state moved forward."""
+        try:
+            with Limiters.paced():
+                if index == len(self._shown):
+                    await self._send(content)
+                else:
+                    await self._edit(index, content)
+            return True
+        except TelegramRetryAfter:
+            return True  # the limiter is blocked; the newest text goes out after it
+        except TelegramBadRequest as exc:
+            return self._bad_request(index, content, exc.message.lower())
+        except (TelegramForbiddenError, TelegramNotFound) as exc:
+            raise ChatUnavailableError(str(exc)) from exc
+        except (TelegramNetworkError, TelegramServerError) as exc:
+            log.warning("Telegram call failed in chat %s: %s", self._chat_id, exc)
+            await asyncio.sleep(self._retry_delay)
+            return False
+
+    async def _send(self, content: Rendered) -> None:
+        first = not self._shown
+        reply = (
+            ReplyParameters(message_id=self._reply_to, allow_sending_without_reply=True)
+            if first and self._reply_to is not None
+            else None
+        )
+        message = await self._bot.send_message(
+            self._chat_id,
+            content.text,
+            entities=content.aiogram_entities(),
+            reply_parameters=reply,
+            message_thread_id=self._thread_id,
+            link_preview_options=NO_PREVIEW,
+            parse_mode=None,
+        )
+        self._shown.append(_Shown(message.message_id, content))
+
+    async def _edit(self, index: int, content: Rendered) -> None:
+        shown = self._shown[index]
+        await self._bot.edit_message_text(
+            text=content.text,
+            chat_id=self._chat_id,
+            message_id=shown.message_id,
+            entities=content.aiogram_entities(),
+            link_preview_options=NO_PREVIEW,
+            parse_mode=None,
+        )
+        shown.content = content
+
+    def _bad_request(self, index: int, content: Rendered, description: str) -> bool:
+        if "can't parse entities" in description and content.entities:
+            log.warning("Telegram rejected our formatting in chat %s; plain text", self._chat_id)
+            self._plain.add(index)
+            return True
+        if index < len(self._shown):
+            shown = self._shown[index]
+            if "message is not modified" in description:
+                shown.content = content
+                return True
+            if "message to edit not found" in description or "can't be edited" in description:
+                log.info("message %s in chat %s is gone", shown.message_id, self._chat_id)
+                if index == len(self._shown) - 1:
+                    del self._shown[index]  # the text it showed goes out in a new message
+                else:
+                    shown.content = content  # an earlier part: the user removed it, fine
+                return True
+        log.error("Telegram refused a message in chat %s: %s", self._chat_id, description)
+        return False
