@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -31,24 +33,24 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = Field("gptalk", pattern=r"^[A-Za-z0-9_.\-]+$")
 
-    gptalk_url: str = "https://gptalk.net"
-    gptalk_model: str = "gpt-3.5-turbo"
+    gptalk_url: str = DEFAULT_BASE_URL
+    gptalk_model: str = DEFAULT_MODEL
     gptalk_proxy: str | None = None
     gptalk_max_uses: int = Field(5, ge=1)
-    gptalk_connect_timeout: float = Field(10.0, gt=0)
-    gptalk_read_timeout: float = Field(60.0, gt=0)
+    gptalk_connect_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
+    gptalk_read_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
 
     system_prompt: str = ""
     admin_ids: IdSet = frozenset()
     allowed_user_ids: IdSet = frozenset()
 
-    edit_interval: float = Field(1.0, gt=0)
-    group_edit_interval: float = Field(3.0, gt=0)
+    edit_interval: float = Field(1.0, gt=0, allow_inf_nan=False)
+    group_edit_interval: float = Field(3.0, gt=0, allow_inf_nan=False)
     history_max_messages: int = Field(20, ge=2)
     history_ttl: int = Field(604800, ge=1)
     prompt_max_chars: int = Field(12000, ge=100)
     user_rate_limit: int = Field(10, ge=0)
-    shutdown_timeout: float = Field(30.0, ge=0)
+    shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
 
     @field_validator("bot_token")
@@ -63,9 +65,11 @@ class Settings(BaseSettings):
 
     @field_validator("telegram_api_url", "gptalk_url", "gptalk_proxy", mode="before")
     @classmethod
-    def _http_url(cls, value: Any) -> Any:
+    def _http_url(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             value = value.strip().rstrip("/") or None
+            if value is None and info.field_name == "gptalk_url":
+                return DEFAULT_BASE_URL
             if value is not None and not value.startswith(("http://", "https://")):
                 raise ValueError("must be an http:// or https:// URL")
         return value

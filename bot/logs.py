@@ -10,7 +10,7 @@ __all__ = ["RedactingFilter", "setup_logging"]
 
 # GPTalk stream tokens travel in URLs (?token=…), bearer tokens in headers.
 _PATTERNS = (
-    re.compile(r"(token=)[^&\s'\"]+"),
+    re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE),
     re.compile(r"(Bearer\s+)[^\s'\"]+", re.IGNORECASE),
     re.compile(r"(/bot)\d+:[\w-]+"),  # Bot API URLs carry the bot token
 )
@@ -35,7 +35,13 @@ class RedactingFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = self._clean(record.getMessage())
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a wrong log call must not break the caller
+            message = f"{record.msg} (bad log arguments: {record.args!r})"
+        message = self._clean(message)
+        if record.stack_info:
+            record.stack_info = self._clean(record.stack_info)
         if record.exc_info and record.exc_info[1] is not None:
             # Format the traceback now, cleaned, so handlers print this text.
             formatter = logging.Formatter()

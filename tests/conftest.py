@@ -6,14 +6,17 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
 
+from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
+from tests.fake_telegram import FakeTelegram
 
 _REDIS_START_TIMEOUT = 10.0
 _REDIS_START_ATTEMPTS = 3
@@ -119,3 +122,35 @@ async def fake_gptalk() -> AsyncIterator[FakeGPTalk]:
         yield fake
     finally:
         await fake.close()
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    """A started strict fake Bot API (real time)."""
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+BotFactory = Callable[..., Awaitable[BotHarness]]
+
+
+@pytest.fixture
+async def make_bot(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis, redis_url: str
+) -> AsyncIterator[BotFactory]:
+    """Start the whole bot (production factory) against the fakes and the private Redis.
+
+    Keyword arguments are settings fields (``edit_interval=…``), plus ``limits=`` and
+    ``redis_url=None`` for the in-process stores.
+    """
+    harnesses: list[BotHarness] = []
+
+    async def factory(**settings: Any) -> BotHarness:
+        settings.setdefault("redis_url", redis_url)
+        harness = BotHarness(tg, fake_gptalk, **settings)
+        harnesses.append(harness)
+        return await harness.start()
+
+    yield factory
+    for harness in harnesses:
+        await harness.stop()

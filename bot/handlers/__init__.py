@@ -10,4 +10,5 @@ __all__ = ["routers"]
 
 
 def routers() -> list[Router]:
-    return [errors.router, commands.router, chat.router]
+    """Fresh routers (a router can belong to one dispatcher only)."""
+    return [errors.create_router(), commands.create_router(), chat.create_router()]

@@ -8,22 +8,17 @@ from aiogram.types import Message
 from bot.answering import Answerer
 from bot.storage.keys import ConversationKey
 
-__all__ = ["router"]
-
-router = Router(name="chat")
-router.message.filter(F.chat.type == "private")
+__all__ = ["create_router"]
 
 TEXT_ONLY = "I can only read text messages. Please send your question as text."
 UNKNOWN_COMMAND = "I don't know that command. /help lists the ones I do."
 EMPTY_PROMPT = "Your message is empty. What would you like to ask?"
 
 
-@router.message(F.text.startswith("/"))
 async def on_unknown_command(message: Message) -> None:
     await message.answer(UNKNOWN_COMMAND)
 
 
-@router.message(F.text)
 async def on_text(
     message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
 ) -> None:
@@ -34,6 +29,14 @@ async def on_text(
     await answerer.prompt(bot, message, conversation, text)
 
 
-@router.message()
 async def on_other(message: Message) -> None:
     await message.answer(TEXT_ONLY)
+
+
+def create_router() -> Router:
+    router = Router(name="chat")
+    router.message.filter(F.chat.type == "private")
+    router.message.register(on_unknown_command, F.text.startswith("/"))
+    router.message.register(on_text, F.text)
+    router.message.register(on_other)  # stickers, photos, voice…: catch-all, last
+    return router

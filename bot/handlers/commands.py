@@ -9,10 +9,7 @@ from aiogram.types import BotCommand, Message
 from bot.answering import Answerer
 from bot.storage.keys import ConversationKey
 
-__all__ = ["COMMANDS", "router"]
-
-router = Router(name="commands")
-router.message.filter(F.chat.type == "private")
+__all__ = ["COMMANDS", "create_router"]
 
 COMMANDS = [
     BotCommand(command="new", description="Start a new conversation"),
@@ -31,31 +28,37 @@ HELP = (
 )
 
 
-@router.message(CommandStart())
 async def on_start(message: Message) -> None:
     name = message.from_user.first_name if message.from_user else "there"
     await message.answer(f"Hi, {name}! 👋\n\n{HELP}")
 
 
-@router.message(Command("help"))
 async def on_help(message: Message) -> None:
     await message.answer(HELP)
 
 
-@router.message(Command("new", "reset"))
 async def on_new(message: Message, answerer: Answerer, conversation: ConversationKey) -> None:
     await answerer.reset(conversation)
     await message.answer("🆕 New conversation. What would you like to talk about?")
 
 
-@router.message(Command("stop"))
 async def on_stop(message: Message, answerer: Answerer, conversation: ConversationKey) -> None:
     if not answerer.stop(conversation):
         await message.answer("Nothing to stop: no answer is being written.")
 
 
-@router.message(Command("retry"))
 async def on_retry(
     message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
 ) -> None:
     await answerer.retry(bot, message, conversation)
+
+
+def create_router() -> Router:
+    router = Router(name="commands")
+    router.message.filter(F.chat.type == "private")
+    router.message.register(on_start, CommandStart())
+    router.message.register(on_help, Command("help"))
+    router.message.register(on_new, Command("new", "reset"))
+    router.message.register(on_stop, Command("stop"))
+    router.message.register(on_retry, Command("retry"))
+    return router

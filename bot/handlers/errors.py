@@ -10,17 +10,14 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.types import ErrorEvent
 from redis.exceptions import RedisError
 
-__all__ = ["router"]
+__all__ = ["create_router"]
 
 log = logging.getLogger(__name__)
-
-router = Router(name="errors")
 
 UNAVAILABLE = "⚠️ I'm temporarily unavailable (storage is down). Please try again in a minute."
 FAILED = "⚠️ Sorry, something went wrong on my side. Please try again."
 
 
-@router.error()
 async def on_error(event: ErrorEvent) -> bool:
     exc = event.exception
     if isinstance(exc, RedisError):
@@ -36,3 +33,9 @@ async def on_error(event: ErrorEvent) -> bool:
         except TelegramAPIError as send_error:
             log.warning("could not tell chat %s about the error: %s", message.chat.id, send_error)
     return True
+
+
+def create_router() -> Router:
+    router = Router(name="errors")
+    router.errors.register(on_error)
+    return router

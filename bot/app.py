@@ -1,0 +1,126 @@
+"""Building the application from settings: the composition root's object graph.
+
+``python -m bot`` and the end-to-end tests build the bot the same way; the tests
+only point the URLs at fake servers (and may run Telegram's clock faster).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.answering import Answerer
+from bot.config import Settings
+from bot.dispatcher import create_dispatcher
+from bot.ratelimit import Limiters, RateLimitMiddleware, TelegramLimits
+from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
+from bot.storage.keys import Keys
+from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
+
+__all__ = ["Application", "StartupError", "build_application"]
+
+log = logging.getLogger("bot")
+
+
+class StartupError(Exception):
+    """A dependency is unusable at startup; the message is the one line to print."""
+
+
+@dataclass
+class Application:
+    settings: Settings
+    bot: Bot
+    dispatcher: Dispatcher
+    answerer: Answerer
+    llm: GPTalkClient
+    limiters: Limiters
+    redis: Redis | None
+
+    async def aclose(self) -> None:
+        await self.bot.session.close()
+        await self.llm.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+async def connect_redis(url: str) -> Redis:
+    # Timeouts: a hung Redis must not hang the answers that are streaming.
+    redis = Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+    )
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        raise StartupError(f"REDIS_URL: cannot reach Redis ({exc})") from None
+    return redis
+
+
+async def build_application(
+    settings: Settings, *, limits: TelegramLimits | None = None
+) -> Application:
+    keys = Keys(settings.redis_prefix)
+    redis: Redis | None = None
+    history: HistoryStore
+    token_store: TokenStore
+    if settings.redis_url:
+        redis = await connect_redis(settings.redis_url)
+        history = RedisHistoryStore(
+            redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
+        )
+        token_store = RedisTokenStore(redis, prefix=settings.redis_prefix)
+    else:
+        log.warning(
+            "REDIS_URL is not set: history and the GPTalk token live in this process only "
+            "(not shared with other processes, lost on restart)"
+        )
+        history = MemoryHistoryStore(
+            max_messages=settings.history_max_messages, ttl=settings.history_ttl
+        )
+        token_store = MemoryTokenStore()
+
+    llm = GPTalkClient(
+        base_url=settings.gptalk_url,
+        model=settings.gptalk_model,
+        proxy=settings.gptalk_proxy,
+        connect_timeout=settings.gptalk_connect_timeout,
+        read_timeout=settings.gptalk_read_timeout,
+        max_uses=settings.gptalk_max_uses,
+        token_store=token_store,
+    )
+    limiters = Limiters(
+        limits
+        or TelegramLimits(
+            edit_interval=settings.edit_interval, group_edit_interval=settings.group_edit_interval
+        )
+    )
+    api = (
+        TelegramAPIServer.from_base(settings.telegram_api_url)
+        if settings.telegram_api_url
+        else None
+    )
+    session = AiohttpSession(api=api) if api else AiohttpSession()
+    session.middleware(RateLimitMiddleware(limiters))
+    bot = Bot(
+        settings.bot_token.get_secret_value(),
+        session=session,
+        default=DefaultBotProperties(link_preview_is_disabled=True),
+    )
+    answerer = Answerer(
+        llm=llm,
+        history=history,
+        limiters=limiters,
+        system_prompt=settings.system_prompt,
+        prompt_max_chars=settings.prompt_max_chars,
+    )
+    dispatcher = create_dispatcher(
+        answerer=answerer, shutdown_timeout=settings.shutdown_timeout, settings=settings
+    )
+    return Application(settings, bot, dispatcher, answerer, llm, limiters, redis)

@@ -1,0 +1,152 @@
+"""``python -m bot`` as a real process against the fake servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.render import render
+from tests.fake_gptalk import FakeGPTalk
+from tests.fake_telegram import FakeTelegram
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bot_env(tg: FakeTelegram, gptalk: FakeGPTalk, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_"))
+    }
+    env.update(
+        BOT_TOKEN=tg.token,
+        TELEGRAM_API_URL=tg.url,
+        GPTALK_URL=gptalk.url,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+async def start_bot(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot",
+        cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path  # no stray .env from the repository
+
+
+@pytest.fixture
+async def stopper() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    procs: list[asyncio.subprocess.Process] = []
+    yield procs
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_bot_answers_and_shuts_down_gracefully(
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis_url: str,
+    workdir: Path,
+    stopper: list[asyncio.subprocess.Process],
+) -> None:
+    fake_gptalk.answer = "A **slow** answer, " + "word " * 60
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.1  # ~4 s
+    env = bot_env(tg, fake_gptalk, REDIS_URL=redis_url, SHUTDOWN_TIMEOUT="30", LOG_LEVEL="DEBUG")
+    proc = await start_bot(env, workdir)
+    stopper.append(proc)
+    await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
+    assert tg.calls_to("deleteWebhook")
+    [commands] = tg.calls_to("setMyCommands")
+    assert [c["command"] for c in commands.params["commands"]] == ["new", "stop", "retry", "help"]
+
+    user = tg.add_user(42, "Ann")
+    question = tg.user_message(tg.private_chat(user), user, "hello bot")
+    await tg.wait_for(lambda: bool(tg.bot_messages(42)), timeout=30)
+    proc.send_signal(signal.SIGTERM)  # mid-answer: it must still finish
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert tg.visible_text(42, question["message_id"]) == render(fake_gptalk.answer).text
+    log = err.decode()
+    assert tg.token not in log
+    assert tg.token.split(":")[1] not in log
+    for token in fake_gptalk.issued_tokens() + fake_gptalk.issued_stream_tokens():
+        assert token not in log
+    assert "hello bot" not in log.replace("DEBUG", "") or "DEBUG" in log  # prompts: DEBUG only
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("EDIT_INTERVAL", "soon"), ("ADMIN_IDS", "1,x"), ("GPTALK_MAX_USES", "0"), ("BOT_TOKEN", "")],
+)
+async def test_invalid_configuration_exits_with_one_line(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, workdir: Path, variable: str, value: str
+) -> None:
+    proc = await start_bot(bot_env(tg, fake_gptalk, **{variable: value}), workdir)
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert variable in lines[0]
+    assert "Traceback" not in err.decode()
+
+
+async def test_unreachable_redis_exits_with_one_line(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, workdir: Path
+) -> None:
+    env = bot_env(tg, fake_gptalk, REDIS_URL="redis://127.0.0.1:1/0")
+    proc = await start_bot(env, workdir)
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("gptalk-bot: REDIS_URL: cannot reach Redis")
+    assert "Traceback" not in err.decode()
+
+
+async def test_rejected_token_exits_with_one_line(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, workdir: Path
+) -> None:
+    env = bot_env(tg, fake_gptalk, BOT_TOKEN="999:wrong-token")
+    proc = await start_bot(env, workdir)
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert text.strip().splitlines()[-1] == "gptalk-bot: BOT_TOKEN: Telegram rejected the token"
+    assert "wrong-token" not in text
+
+
+async def test_without_redis_it_warns_and_works(
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    workdir: Path,
+    stopper: list[asyncio.subprocess.Process],
+) -> None:
+    proc = await start_bot(bot_env(tg, fake_gptalk), workdir)
+    stopper.append(proc)
+    await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
+    user = tg.add_user(7, "Bob")
+    question = tg.user_message(tg.private_chat(user), user, "hi")
+    expected = render(fake_gptalk.answer).text
+    await tg.wait_for(lambda: tg.visible_text(7, question["message_id"]) == expected, timeout=30)
+    proc.send_signal(signal.SIGINT)
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    log = err.decode()
+    assert "REDIS_URL is not set" in log
+    assert "Beneath a pale October moon" not in log  # answers are not logged at INFO
+    assert "hi" not in log.split()

@@ -1,0 +1,380 @@
+"""Configuration contract (design.md): variable names, defaults, validation, secrecy, ``.env``."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.config import ConfigError, Settings, load_settings
+
+TOKEN = "123456789:AAE-s3cretT0kenValue_xyz"
+SECRET_PART = "s3cretT0kenValue"
+
+# Every variable of design.md's table that Settings reads today.
+VARIABLES = (
+    "BOT_TOKEN",
+    "TELEGRAM_API_URL",
+    "REDIS_URL",
+    "REDIS_PREFIX",
+    "GPTALK_URL",
+    "GPTALK_MODEL",
+    "GPTALK_PROXY",
+    "GPTALK_MAX_USES",
+    "GPTALK_CONNECT_TIMEOUT",
+    "GPTALK_READ_TIMEOUT",
+    "SYSTEM_PROMPT",
+    "ADMIN_IDS",
+    "ALLOWED_USER_IDS",
+    "EDIT_INTERVAL",
+    "GROUP_EDIT_INTERVAL",
+    "HISTORY_MAX_MESSAGES",
+    "HISTORY_TTL",
+    "PROMPT_MAX_CHARS",
+    "USER_RATE_LIMIT",
+    "SHUTDOWN_TIMEOUT",
+    "WEBHOOK_URL",
+    "LOG_LEVEL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No stray variables from the real environment, no stray ``.env`` file."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    return TOKEN
+
+
+def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """Set ``env`` and return the text of the ConfigError that load_settings raises."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    return str(info.value)
+
+
+def test_defaults(token: str) -> None:
+    settings = load_settings()
+    assert isinstance(settings, Settings)
+    assert settings.bot_token.get_secret_value() == TOKEN
+    assert settings.telegram_api_url in (None, "https://api.telegram.org")
+    assert settings.redis_url is None
+    assert settings.redis_prefix == "gptalk"
+    assert settings.gptalk_url == "https://gptalk.net"
+    assert settings.gptalk_model == "gpt-3.5-turbo"
+    assert settings.gptalk_proxy is None
+    assert settings.gptalk_max_uses == 5
+    assert settings.gptalk_connect_timeout == 10
+    assert settings.gptalk_read_timeout == 60
+    assert settings.system_prompt == ""
+    assert settings.admin_ids == frozenset()
+    assert settings.allowed_user_ids == frozenset()
+    assert settings.edit_interval == 1.0
+    assert settings.group_edit_interval == 3.0
+    assert settings.history_max_messages == 20
+    assert settings.history_ttl == 604800
+    assert settings.prompt_max_chars == 12000
+    assert settings.user_rate_limit == 10
+    assert settings.shutdown_timeout == 30
+    assert settings.log_level == "INFO"
+
+
+def test_every_variable_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    env = {
+        "TELEGRAM_API_URL": "http://127.0.0.1:8081",
+        "REDIS_URL": "redis://localhost:6379/2",
+        "REDIS_PREFIX": "bot2",
+        "GPTALK_URL": "http://127.0.0.1:9000",
+        "GPTALK_MODEL": "gpt-4",
+        "GPTALK_PROXY": "http://proxy:3128",
+        "GPTALK_MAX_USES": "7",
+        "GPTALK_CONNECT_TIMEOUT": "2.5",
+        "GPTALK_READ_TIMEOUT": "30",
+        "SYSTEM_PROMPT": "Be brief.",
+        "ADMIN_IDS": "1",
+        "ALLOWED_USER_IDS": "2,3",
+        "EDIT_INTERVAL": "0.5",
+        "GROUP_EDIT_INTERVAL": "4",
+        "HISTORY_MAX_MESSAGES": "8",
+        "HISTORY_TTL": "60",
+        "PROMPT_MAX_CHARS": "5000",
+        "USER_RATE_LIMIT": "0",
+        "SHUTDOWN_TIMEOUT": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.telegram_api_url == "http://127.0.0.1:8081"
+    assert settings.redis_url == "redis://localhost:6379/2"
+    assert settings.redis_prefix == "bot2"
+    assert settings.gptalk_url == "http://127.0.0.1:9000"
+    assert settings.gptalk_model == "gpt-4"
+    assert settings.gptalk_proxy == "http://proxy:3128"
+    assert settings.gptalk_max_uses == 7
+    assert settings.gptalk_connect_timeout == 2.5
+    assert settings.gptalk_read_timeout == 30
+    assert settings.system_prompt == "Be brief."
+    assert settings.admin_ids == frozenset({1})
+    assert settings.allowed_user_ids == frozenset({2, 3})
+    assert settings.edit_interval == 0.5
+    assert settings.group_edit_interval == 4
+    assert settings.history_max_messages == 8
+    assert settings.history_ttl == 60
+    assert settings.prompt_max_chars == 5000
+    assert settings.user_rate_limit == 0
+    assert settings.shutdown_timeout == 0
+    assert settings.log_level == "WARNING"
+
+
+def test_bot_token_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = config_error(monkeypatch)
+    assert "BOT_TOKEN" in message
+    assert "is required" in message
+
+
+def test_bot_token_is_secret(token: str) -> None:
+    settings = load_settings()
+    assert type(settings.bot_token).__name__ == "SecretStr"
+    assert settings.bot_token.get_secret_value() == TOKEN
+    for text in (repr(settings), str(settings), repr(settings.bot_token), str(settings.bot_token)):
+        assert SECRET_PART not in text
+        assert "123456789" not in text
+
+
+@pytest.mark.parametrize(
+    "bad_token",
+    [
+        f"{SECRET_PART}-no-colon",
+        f"abc:{SECRET_PART}",
+        f"https://api.telegram.org/bot123:{SECRET_PART}",
+        f"123:{SECRET_PART} trailing words",
+    ],
+)
+def test_invalid_bot_token_is_named_but_never_shown(
+    monkeypatch: pytest.MonkeyPatch, bad_token: str
+) -> None:
+    monkeypatch.setenv("BOT_TOKEN", bad_token)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "BOT_TOKEN" in str(info.value)
+    shown = [str(info.value), repr(info.value), *traceback.format_exception(info.value)]
+    assert not any(SECRET_PART in text for text in shown)
+
+
+def test_valid_token_not_shown_when_another_variable_is_bad(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("GPTALK_MAX_USES", "many")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "GPTALK_MAX_USES" in str(info.value)
+    shown = [str(info.value), repr(info.value), *traceback.format_exception(info.value)]
+    assert not any(SECRET_PART in text for text in shown)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", frozenset()),
+        ("1, 2", frozenset({1, 2})),
+        ("1,2,", frozenset({1, 2})),
+        (" 42 ", frozenset({42})),
+        ("-100,7", frozenset({-100, 7})),
+    ],
+)
+@pytest.mark.parametrize("variable", ["ADMIN_IDS", "ALLOWED_USER_IDS"])
+def test_id_lists(
+    monkeypatch: pytest.MonkeyPatch,
+    token: str,
+    variable: str,
+    value: str,
+    expected: frozenset[int],
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert getattr(load_settings(), variable.lower()) == expected
+
+
+@pytest.mark.parametrize("variable", ["ADMIN_IDS", "ALLOWED_USER_IDS"])
+@pytest.mark.parametrize("value", ["x", "1,x", "1;2", "[1, 2]"])
+def test_bad_id_list_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, token: str, variable: str, value: str
+) -> None:
+    message = config_error(monkeypatch, **{variable: value})
+    assert variable in message
+    assert variable.lower() not in message
+
+
+BAD_NUMBERS = [
+    ("GPTALK_MAX_USES", "abc"),
+    ("GPTALK_MAX_USES", "0"),
+    ("GPTALK_MAX_USES", "-1"),
+    ("GPTALK_MAX_USES", "2.5"),
+    ("GPTALK_CONNECT_TIMEOUT", "soon"),
+    ("GPTALK_CONNECT_TIMEOUT", "0"),
+    ("GPTALK_CONNECT_TIMEOUT", "-3"),
+    ("GPTALK_READ_TIMEOUT", "x"),
+    ("GPTALK_READ_TIMEOUT", "0"),
+    ("GPTALK_READ_TIMEOUT", "-1"),
+    ("EDIT_INTERVAL", "fast"),
+    ("EDIT_INTERVAL", "0"),
+    ("EDIT_INTERVAL", "-1"),
+    ("GROUP_EDIT_INTERVAL", "slow"),
+    ("GROUP_EDIT_INTERVAL", "0"),
+    ("GROUP_EDIT_INTERVAL", "-0.5"),
+    ("HISTORY_MAX_MESSAGES", "lots"),
+    ("HISTORY_MAX_MESSAGES", "0"),
+    ("HISTORY_MAX_MESSAGES", "-5"),
+    ("HISTORY_TTL", "week"),
+    ("HISTORY_TTL", "0"),
+    ("HISTORY_TTL", "-1"),
+    ("PROMPT_MAX_CHARS", "big"),
+    ("PROMPT_MAX_CHARS", "0"),
+    ("PROMPT_MAX_CHARS", "-1"),
+    ("USER_RATE_LIMIT", "ten"),
+    ("USER_RATE_LIMIT", "-1"),
+    ("SHUTDOWN_TIMEOUT", "later"),
+    ("SHUTDOWN_TIMEOUT", "-1"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_NUMBERS)
+def test_bad_number_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, token: str, variable: str, value: str
+) -> None:
+    message = config_error(monkeypatch, **{variable: value})
+    assert variable in message
+    assert variable.lower() not in message  # the variable, not the field
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("USER_RATE_LIMIT", "0"), ("SHUTDOWN_TIMEOUT", "0")]
+)
+def test_zero_is_allowed_where_it_means_off(
+    monkeypatch: pytest.MonkeyPatch, token: str, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert getattr(load_settings(), variable.lower()) == 0
+
+
+def test_several_bad_variables_are_named_in_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = {
+        "GPTALK_MAX_USES": "0",
+        "EDIT_INTERVAL": "x",
+        "ADMIN_IDS": "x",
+        "REDIS_URL": "http://x",
+        "LOG_LEVEL": "LOUD",
+    }
+    message = config_error(monkeypatch, **bad)  # BOT_TOKEN missing too
+    for variable in [*bad, "BOT_TOKEN"]:
+        assert variable in message
+
+
+def test_dotenv_file_is_read_and_unknown_variables_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        f"BOT_TOKEN={TOKEN}\n"
+        "GPTALK_MODEL=from-dotenv\n"
+        "ADMIN_IDS=5, 6\n"
+        "SOMETHING_ELSE=whatever\n"
+        "COMPOSE_PROJECT_NAME=bot\n",
+        encoding="utf-8",
+    )
+    settings = load_settings()
+    assert settings.bot_token.get_secret_value() == TOKEN
+    assert settings.gptalk_model == "from-dotenv"
+    assert settings.admin_ids == frozenset({5, 6})
+    assert not hasattr(settings, "something_else")
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text(
+        f"BOT_TOKEN={TOKEN}\nGPTALK_MODEL=from-dotenv\nHISTORY_TTL=99\n", encoding="utf-8"
+    )
+    monkeypatch.setenv("GPTALK_MODEL", "from-env")
+    settings = load_settings()
+    assert settings.gptalk_model == "from-env"
+    assert settings.history_ttl == 99
+
+
+def test_bad_value_in_dotenv_names_the_variable(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"BOT_TOKEN={TOKEN}\nHISTORY_TTL=never\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="HISTORY_TTL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("debug", "DEBUG"), ("Info", "INFO"), (" warning ", "WARNING"), ("ERROR", "ERROR")],
+)
+def test_log_level_is_normalised(
+    monkeypatch: pytest.MonkeyPatch, token: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("LOG_LEVEL", value)
+    assert load_settings().log_level == expected
+
+
+def test_bad_log_level_names_the_variable(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    assert "LOG_LEVEL" in config_error(monkeypatch, LOG_LEVEL="verbose")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TELEGRAM_API_URL", "not a url"),
+        ("TELEGRAM_API_URL", "ftp://example.org"),
+        ("GPTALK_URL", "gptalk.net"),
+        ("GPTALK_PROXY", "proxy:3128"),
+        ("REDIS_URL", "http://x"),
+        ("REDIS_URL", "localhost:6379"),
+    ],
+)
+def test_bad_url_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, token: str, variable: str, value: str
+) -> None:
+    message = config_error(monkeypatch, **{variable: value})
+    assert variable in message
+
+
+@pytest.mark.parametrize(
+    "value", ["redis://localhost:6379/0", "rediss://user:pw@host:6380", "unix:///tmp/r.sock"]
+)
+def test_redis_urls_accepted(monkeypatch: pytest.MonkeyPatch, token: str, value: str) -> None:
+    monkeypatch.setenv("REDIS_URL", value)
+    assert load_settings().redis_url == value
+
+
+def test_empty_redis_url_means_unset(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    monkeypatch.setenv("REDIS_URL", "")
+    assert load_settings().redis_url is None
+
+
+def test_telegram_api_url_trailing_slash_is_stripped(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("TELEGRAM_API_URL", "http://127.0.0.1:8081/")
+    assert load_settings().telegram_api_url == "http://127.0.0.1:8081"
+
+
+def test_bad_redis_prefix_names_the_variable(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    assert "REDIS_PREFIX" in config_error(monkeypatch, REDIS_PREFIX="has space")
+
+
+def test_settings_are_frozen(token: str) -> None:
+    settings = load_settings()
+    with pytest.raises(ValidationError):
+        settings.gptalk_model = "other"  # type: ignore[misc]
