@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiogram import Bot
+from aiogram.enums import ChatType
 from aiogram.types import Message as TgMessage
+from redis.exceptions import RedisError
 
 from gptalk import (
     APIConnectionError,
@@ -27,13 +29,16 @@ from gptalk import (
     GPTalkError,
     Message,
     StreamInterruptedError,
+    TokenStoreError,
     format_prompt,
 )
 
-from .queue import Line, LineDroppedError
+from .queue import KeyedLock, Line, LineDroppedError
 from .ratelimit import Limiters
 from .storage.history import HistoryStore
 from .storage.keys import ConversationKey
+from .storage.stats import MemoryStats, Stats
+from .storage.user_limits import UserLimits, Verdict
 from .streaming import ChatUnavailableError, StreamingReply
 
 __all__ = ["LLM", "Answerer", "build_prompt", "notice_for"]
@@ -45,6 +50,8 @@ RESET = "\n\n⏹ _Stopped: the conversation was reset._"
 SHUTDOWN = "\n\n⏹ _Interrupted: the bot is restarting. Send /retry in a moment._"
 EMPTY = "🤷 The model returned an empty answer. Try /retry or rephrase."
 BUSY = "⏳ I'm still answering your previous messages; send this one again in a moment."
+BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a moment."
+SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
 NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
 
 
@@ -60,6 +67,8 @@ def notice_for(error: GPTalkError) -> str:
         text = (
             "⚠️ _GPTalk stopped responding, so the answer is incomplete. Send /retry to try again._"
         )
+    elif isinstance(error, TokenStoreError):
+        text = "⚠️ _I'm temporarily unavailable (storage is down). Send /retry in a minute._"
     elif isinstance(error, StreamInterruptedError):
         text = "⚠️ _The answer was cut off by GPTalk. Send /retry to try again._"
     elif isinstance(error, APIStatusError | APIConnectionError):
@@ -96,7 +105,11 @@ class Answerer:
     prompt_max_chars: int = 12000
     max_waiting: int = 3
     typing_interval: float = 4.0
+    stats: Stats = field(default_factory=MemoryStats)
+    user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
+    unlimited_users: frozenset[int] = frozenset()  # admins
     _line: Line[ConversationKey] = field(init=False)
+    _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, _Generation] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
 
@@ -155,9 +168,14 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
     ) -> None:
-        ticket = self._line.enter(conversation)  # before any await: keeps arrival order
+        # The gate keeps a conversation's prompts in arrival order through the
+        # rate-limit check, up to taking a place in the line.
+        async with self._gate.hold(conversation):
+            if not await self._within_rate_limit(message):
+                return
+            ticket = self._line.enter(conversation)
         if ticket is None:
-            await message.reply(BUSY)
+            await message.reply(BUSY if message.chat.type == ChatType.PRIVATE else BUSY_GROUP)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -172,6 +190,15 @@ class Answerer:
             self._line.drop(conversation)
         finally:
             self._tasks.discard(task)
+
+    async def _within_rate_limit(self, message: TgMessage) -> bool:
+        user = message.from_user
+        if self.user_limits is None or user is None or user.id in self.unlimited_users:
+            return True
+        decision = await self.user_limits.hit(user.id)
+        if decision.verdict is Verdict.NOTIFY:
+            await message.reply(SLOW_DOWN.format(seconds=max(1, round(decision.retry_in))))
+        return decision.verdict is Verdict.ALLOW
 
     async def _generate(
         self,
@@ -202,12 +229,15 @@ class Answerer:
         )
         generation = _Generation(reply)
         self._running[conversation] = generation
+        await self.stats.incr("requests")
+        await self.stats.set_active(len(self._running))
         started = time.monotonic()
         try:
             delivered = await reply.run(self._deltas(prompt))
         finally:
             if self._running.get(conversation) is generation:
                 del self._running[conversation]
+            await self.stats.set_active(len(self._running))
         log.info(
             "answered in chat %s: %d chars, %d message(s), %.1f s",
             message.chat.id,
@@ -216,9 +246,12 @@ class Answerer:
             time.monotonic() - started,
         )
         if delivered.markdown.strip() and not generation.discard:
-            await self.history.append(
-                conversation, Message(role="assistant", content=delivered.markdown)
-            )
+            try:
+                await self.history.append(
+                    conversation, Message(role="assistant", content=delivered.markdown)
+                )
+            except RedisError as exc:  # the user has the answer; only the memory of it is lost
+                log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
 
     async def _deltas(self, prompt: list[Message]) -> AsyncIterator[str]:
         stream = self.llm.stream(prompt)
@@ -227,6 +260,7 @@ class Answerer:
                 yield delta
         except GPTalkError as exc:
             log.warning("GPTalk failed: %s", exc)
+            await self.stats.incr("failures")
             yield notice_for(exc)
         finally:
             aclose = getattr(stream, "aclose", None)

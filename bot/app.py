@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
+from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -22,11 +22,15 @@ from bot.dispatcher import create_dispatcher
 from bot.ratelimit import Limiters, RateLimitMiddleware, TelegramLimits
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from bot.storage.keys import Keys
+from bot.storage.stats import MemoryStats, RedisStats, Stats
+from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
 
 __all__ = ["Application", "StartupError", "build_application"]
 
 log = logging.getLogger("bot")
+
+TELEGRAM_CONNECTIONS = 512
 
 
 class StartupError(Exception):
@@ -70,12 +74,17 @@ async def build_application(
     redis: Redis | None = None
     history: HistoryStore
     token_store: TokenStore
+    stats: Stats
+    user_limits: UserLimits | None = None
     if settings.redis_url:
         redis = await connect_redis(settings.redis_url)
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
         token_store = RedisTokenStore(redis, prefix=settings.redis_prefix)
+        stats = RedisStats(redis, keys)
+        if settings.user_rate_limit:
+            user_limits = RedisUserLimits(redis, keys, settings.user_rate_limit)
     else:
         log.warning(
             "REDIS_URL is not set: history and the GPTalk token live in this process only "
@@ -85,6 +94,15 @@ async def build_application(
             max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
         token_store = MemoryTokenStore()
+        stats = MemoryStats()
+        if settings.user_rate_limit:
+            user_limits = MemoryUserLimits(settings.user_rate_limit)
+
+    async def count_login() -> None:
+        await stats.incr("logins")
+
+    async def count_429() -> None:
+        await stats.incr("429s")
 
     llm = GPTalkClient(
         base_url=settings.gptalk_url,
@@ -94,6 +112,7 @@ async def build_application(
         read_timeout=settings.gptalk_read_timeout,
         max_uses=settings.gptalk_max_uses,
         token_store=token_store,
+        on_login=count_login,
     )
     limiters = Limiters(
         limits
@@ -104,10 +123,12 @@ async def build_application(
     api = (
         TelegramAPIServer.from_base(settings.telegram_api_url)
         if settings.telegram_api_url
-        else None
+        else PRODUCTION
     )
-    session = AiohttpSession(api=api) if api else AiohttpSession()
-    session.middleware(RateLimitMiddleware(limiters))
+    # Every streaming answer may hold a Bot API connection for its next edit: the
+    # default pool of 100 would queue answers behind each other under load.
+    session = AiohttpSession(api=api, limit=TELEGRAM_CONNECTIONS)
+    session.middleware(RateLimitMiddleware(limiters, on_retry_after=count_429))
     bot = Bot(
         settings.bot_token.get_secret_value(),
         session=session,
@@ -119,8 +140,18 @@ async def build_application(
         limiters=limiters,
         system_prompt=settings.system_prompt,
         prompt_max_chars=settings.prompt_max_chars,
+        stats=stats,
+        user_limits=user_limits,
+        unlimited_users=settings.admin_ids,
     )
     dispatcher = create_dispatcher(
-        answerer=answerer, shutdown_timeout=settings.shutdown_timeout, settings=settings
+        answerer=answerer,
+        stats=stats,
+        admin_ids=settings.admin_ids,
+        allowed_user_ids=settings.allowed_user_ids,
+        shutdown_timeout=settings.shutdown_timeout,
+        heartbeat_file=settings.heartbeat_file,
+        token_store=token_store,
+        settings=settings,
     )
     return Application(settings, bot, dispatcher, answerer, llm, limiters, redis)

@@ -6,9 +6,17 @@ its variable, and validation errors name the variable, not the field.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
@@ -52,6 +60,7 @@ class Settings(BaseSettings):
     user_rate_limit: int = Field(10, ge=0)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
+    heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
 
     @field_validator("bot_token")
     @classmethod

@@ -2,38 +2,93 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from aiogram import Bot, Dispatcher
-from aiogram.types import BotCommandScopeAllPrivateChats
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.types import (
+    BotCommandScopeAllGroupChats,
+    BotCommandScopeAllPrivateChats,
+    BotCommandScopeChat,
+)
 
 from bot.answering import Answerer
 from bot.handlers import routers
-from bot.handlers.commands import COMMANDS
+from bot.handlers.admin import ADMIN_COMMANDS
+from bot.handlers.commands import GROUP_COMMANDS, PRIVATE_COMMANDS
+from bot.heartbeat import Heartbeat
+from bot.middlewares.access import AccessMiddleware
 from bot.middlewares.conversation import ConversationMiddleware
+from bot.middlewares.stale import StaleMessageMiddleware
+from bot.storage.stats import Stats, keep_refreshing
 
 __all__ = ["create_dispatcher", "set_commands"]
 
 log = logging.getLogger(__name__)
 
 
-def create_dispatcher(*, answerer: Answerer, shutdown_timeout: float, **data: Any) -> Dispatcher:
-    """Routers, middlewares and the objects handlers receive by name (``answerer``
-    and whatever else is passed in ``data``). On shutdown, running answers get
-    ``shutdown_timeout`` seconds to finish."""
-    dp = Dispatcher(answerer=answerer, **data)
+def create_dispatcher(
+    *,
+    answerer: Answerer,
+    stats: Stats,
+    admin_ids: frozenset[int] = frozenset(),
+    allowed_user_ids: frozenset[int] = frozenset(),
+    shutdown_timeout: float = 30.0,
+    heartbeat_file: Path | None = None,
+    max_message_age: float = 600.0,
+    **data: Any,
+) -> Dispatcher:
+    """Routers, middlewares and the objects handlers receive by name (``answerer``,
+    ``stats`` and whatever else is passed in ``data``, e.g. ``token_store``).
+
+    On shutdown, running answers get ``shutdown_timeout`` seconds to finish. With
+    ``heartbeat_file``, the file is kept fresh while the dispatcher runs
+    (``bot/heartbeat.py``, the container's healthcheck).
+    """
+    dp = Dispatcher(answerer=answerer, stats=stats, **data)
+    dp.message.outer_middleware(StaleMessageMiddleware(max_message_age))
+    dp.message.outer_middleware(AccessMiddleware(allowed_user_ids, admin_ids))
     dp.message.outer_middleware(ConversationMiddleware())
-    dp.include_routers(*routers())
+    dp.include_routers(*routers(admin_ids=admin_ids))
+
+    refresher: list[asyncio.Task[None]] = []
+
+    async def on_startup() -> None:
+        refresher.append(asyncio.create_task(keep_refreshing(stats)))
 
     async def on_shutdown() -> None:
         # aiogram stops polling without waiting for running handlers: we do.
         await answerer.drain(shutdown_timeout)
+        for task in refresher:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
+    dp.startup.register(on_startup)
     dp.shutdown.register(on_shutdown)
+
+    if heartbeat_file is not None:
+        heartbeat = Heartbeat(heartbeat_file)
+        # Registered after on_shutdown: the heartbeat lasts while answers finish.
+        dp.startup.register(heartbeat.start)
+        dp.shutdown.register(heartbeat.stop)
     return dp
 
 
-async def set_commands(bot: Bot) -> None:
-    """The command menu (private chats)."""
-    await bot.set_my_commands(COMMANDS, scope=BotCommandScopeAllPrivateChats())
+async def set_commands(bot: Bot, admin_ids: frozenset[int] = frozenset()) -> None:
+    """The command menus: private chats, groups, and admins' private chats (with the
+    admin commands, which nobody else sees)."""
+    await bot.set_my_commands(PRIVATE_COMMANDS, scope=BotCommandScopeAllPrivateChats())
+    await bot.set_my_commands(GROUP_COMMANDS, scope=BotCommandScopeAllGroupChats())
+    for admin_id in sorted(admin_ids):
+        try:
+            await bot.set_my_commands(
+                [*PRIVATE_COMMANDS, *ADMIN_COMMANDS], scope=BotCommandScopeChat(chat_id=admin_id)
+            )
+        except TelegramBadRequest as exc:
+            # "chat not found" until the admin has started a chat with the bot.
+            log.warning("no admin command menu for %s yet: %s", admin_id, exc.message)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
-__all__ = ["Line", "LineDroppedError", "Ticket"]
+__all__ = ["KeyedLock", "Line", "LineDroppedError", "Ticket"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -82,3 +83,28 @@ class Line(Generic[K]):
         for ticket in list(self._lines.get(key, ()))[1:]:
             if not ticket._turn.done():
                 ticket._turn.set_exception(LineDroppedError())
+
+
+class KeyedLock(Generic[K]):
+    """asyncio locks by key, created on demand and dropped when free.
+
+    Used to keep a conversation's prompts in arrival order through the few awaits
+    (the rate-limit check) that come before they take their place in the line.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

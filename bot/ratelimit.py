@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -320,9 +320,16 @@ class RateLimitMiddleware(BaseRequestMiddleware):
     up to ``max_retries`` times.
     """
 
-    def __init__(self, limiters: Limiters, *, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        limiters: Limiters,
+        *,
+        max_retries: int = 3,
+        on_retry_after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._limiters = limiters
         self._max_retries = max_retries
+        self._on_retry_after = on_retry_after
 
     async def __call__(
         self,
@@ -344,6 +351,8 @@ class RateLimitMiddleware(BaseRequestMiddleware):
             except TelegramRetryAfter as exc:
                 self._limiters.retry_after(chat_id, exc.retry_after)
                 log.warning("429 in chat %s: retry after %s s", chat_id, exc.retry_after)
+                if self._on_retry_after is not None:
+                    await self._on_retry_after()
                 if paced or attempt >= self._max_retries:
                     raise
         raise AssertionError("unreachable")

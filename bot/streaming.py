@@ -52,6 +52,10 @@ class ChatUnavailableError(Exception):
     """The bot can no longer write to this chat (blocked, kicked, chat deleted)."""
 
 
+class _UndeliverableError(Exception):
+    """Telegram refuses this text even as plain text: nothing more to try."""
+
+
 @dataclass(frozen=True)
 class Delivered:
     """What the user got."""
@@ -71,7 +75,8 @@ class _Shown:
 class StreamingReply:
     """Stream one answer into a chat. Use once: ``await StreamingReply(...).run(deltas)``."""
 
-    MAX_FAILURES = 5  # consecutive failed calls before giving up on the rest
+    GIVE_UP_AFTER = 180.0  # seconds of nothing but failed calls before giving up
+    MAX_REFUSALS = 3  # times an edit of the same text may be refused (400) before we skip it
 
     def __init__(
         self,
@@ -84,17 +89,21 @@ class StreamingReply:
         empty_notice: str = "(empty answer)",
         typing_interval: float = 4.0,
         retry_delay: float = 1.0,
+        max_retry_delay: float = 10.0,
     ) -> None:
         self._bot, self._limiter, self._chat_id = bot, limiter, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
         self._empty = Rendered(empty_notice)
-        self._typing_interval, self._retry_delay = typing_interval, retry_delay
+        self._typing_interval = typing_interval
+        self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
         self._chunks: list[str] = []
         self._changed = asyncio.Event()
         self._done = False
         self._want = Priority.HIGH
         self._shown: list[_Shown] = []
         self._plain: set[int] = set()  # parts whose entities Telegram rejected
+        # Edits Telegram refused for no known reason: (content, times refused).
+        self._refused: dict[int, tuple[Rendered, int]] = {}
         # Parts that filled up are fixed while the stream runs, so that later text
         # cannot move their boundaries: they cover render(markdown).text[:frozen_end].
         self._frozen: list[Rendered] = []
@@ -181,7 +190,8 @@ class StreamingReply:
         return Priority.HIGH if self._done else self._want
 
     async def _deliver_all(self, typing: asyncio.Task[None]) -> None:
-        failures = 0
+        failing_since: float | None = None
+        delay = self._retry_delay
         while True:
             if not self._done:
                 await self._changed.wait()
@@ -194,15 +204,24 @@ class StreamingReply:
             step = self._plan()  # again: the newest text, now that we have a slot
             if step is None:
                 continue
-            index, content = step
-            if await self._deliver(index, content):
-                failures = 0
+            try:
+                delivered = await self._deliver(*step)
+            except _UndeliverableError as exc:
+                log.error("Telegram refused the answer in chat %s: %s", self._chat_id, exc)
+                return
+            if delivered:
+                failing_since, delay = None, self._retry_delay
                 typing.cancel()
-            else:
-                failures += 1
-                if failures >= self.MAX_FAILURES:
-                    log.error("giving up on the answer in chat %s", self._chat_id)
-                    return
+                continue
+            # Telegram unreachable or refusing: back off, keep the newest text, and
+            # give up only after a long outage (the answer is lost then, and logged).
+            now = asyncio.get_running_loop().time()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since > self.GIVE_UP_AFTER:
+                log.error("giving up on the answer in chat %s", self._chat_id)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_retry_delay)
 
     def _layout(self) -> list[Rendered]:
         """The messages the answer should be now."""
@@ -234,11 +253,15 @@ class StreamingReply:
             if index == len(self._shown):
                 self._want = Priority.HIGH
                 return index, wanted
-            if wanted != self._shown[index].content:
+            if wanted != self._shown[index].content and not self._given_up(index, wanted):
                 last = index == len(parts) - 1
                 self._want = Priority.LOW if last and not self._done else Priority.HIGH
                 return index, wanted
         return None
+
+    def _given_up(self, index: int, content: Rendered) -> bool:
+        refused, count = self._refused.get(index, (None, 0))
+        return refused == content and count >= self.MAX_REFUSALS
 
     async def _deliver(self, index: int, content: Rendered) -> bool:
         """Make one call; return whether the answer's state moved forward."""
@@ -257,7 +280,6 @@ class StreamingReply:
             raise ChatUnavailableError(str(exc)) from exc
         except (TelegramNetworkError, TelegramServerError) as exc:
             log.warning("Telegram call failed in chat %s: %s", self._chat_id, exc)
-            await asyncio.sleep(self._retry_delay)
             return False
 
     async def _send(self, content: Rendered) -> None:
@@ -307,5 +329,16 @@ class StreamingReply:
                 else:
                     shown.content = content  # an earlier part: the user removed it, fine
                 return True
-        log.error("Telegram refused a message in chat %s: %s", self._chat_id, description)
-        return False
+        if content.entities:  # unknown trouble: plain text is the safest next try
+            log.warning(
+                "Telegram refused a message in chat %s (%s); plain text", self._chat_id, description
+            )
+            self._plain.add(index)
+            return True
+        if index < len(self._shown):
+            # Try this version a few times; after that only a newer text is tried.
+            log.error("Telegram refused an edit in chat %s: %s", self._chat_id, description)
+            previous, count = self._refused.get(index, (content, 0))
+            self._refused[index] = (content, count + 1 if previous == content else 1)
+            return True
+        raise _UndeliverableError(description)

@@ -26,6 +26,7 @@ from .errors import (
     GPTalkError,
     ProtocolError,
     StreamInterruptedError,
+    TokenStoreError,
 )
 from .prompt import Message, Messages, format_prompt
 from .provider import GPTalk
@@ -50,5 +51,6 @@ __all__ = [
     "StreamInterruptedError",
     "TokenStatus",
     "TokenStore",
+    "TokenStoreError",
     "format_prompt",
 ]

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from .errors import APITimeoutError
+from .errors import APITimeoutError, TokenStoreError
 
 __all__ = [
     "AuthHolder",
@@ -308,6 +309,12 @@ class RedisTokenStore(_SingleFlightStore):
         self._invalidate_script = redis.register_script(_INVALIDATE)
         self._release_script = redis.register_script(_RELEASE)
 
+    async def acquire(self, login: LoginFn, *, max_uses: int) -> str:
+        try:
+            return await super().acquire(login, max_uses=max_uses)
+        except RedisError as exc:
+            raise TokenStoreError(f"the token store (Redis) failed: {exc}") from exc
+
     async def _check(self, max_uses: int, expected: str | None, *, take: bool) -> str | None:
         result = await self._reserve_script(
             keys=[self.key],
@@ -362,10 +369,16 @@ class RedisTokenStore(_SingleFlightStore):
             await pipe.execute()
 
     async def invalidate(self, token: str | None = None) -> bool:
-        return bool(await self._invalidate_script(keys=[self.key], args=[token or ""]))
+        try:
+            return bool(await self._invalidate_script(keys=[self.key], args=[token or ""]))
+        except RedisError as exc:
+            raise TokenStoreError(f"the token store (Redis) failed: {exc}") from exc
 
     async def status(self) -> TokenStatus:
-        raw = cast(dict[Any, Any], await self._redis.hgetall(self.key))
+        try:
+            raw = cast(dict[Any, Any], await self._redis.hgetall(self.key))
+        except RedisError as exc:
+            raise TokenStoreError(f"the token store (Redis) failed: {exc}") from exc
         fields = {_text(k): _text(v) for k, v in raw.items()}
         if "token" not in fields:
             return TokenStatus(False, None, None, 0, int(fields.get("max_uses", 0)))

@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -195,7 +195,8 @@ class GPTalkClient:
     fails), never the whole answer, which may take minutes. ``token_store`` decides
     where the bearer token lives: in memory (default) or in Redis, shared by every
     process (:class:`~gptalk.auth.RedisTokenStore`). ``max_connections`` sizes the
-    connection pool: every streaming answer holds one connection.
+    connection pool: every streaming answer holds one connection. ``on_login``,
+    if given, is awaited after every successful login (e.g. to count them).
     """
 
     def __init__(
@@ -209,6 +210,7 @@ class GPTalkClient:
         max_uses: int = DEFAULT_MAX_USES,
         token_store: TokenStore | None = None,
         max_connections: int = 1000,
+        on_login: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if max_uses < 1:
             raise ValueError("max_uses must be at least 1")
@@ -222,6 +224,7 @@ class GPTalkClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._max_connections = max_connections
+        self._on_login = on_login
         self._session: aiohttp.ClientSession | None = None
         # Login and submit answer with a few bytes, so they get a total bound too
         # (the Redis login lock must outlive a login); the stream gets none.
@@ -329,6 +332,8 @@ class GPTalkClient:
                 endpoint="login",
             )
         log.info("logged in to GPTalk; token valid until %d", expires_at)
+        if self._on_login is not None:
+            await self._on_login()
         return LoginResult(token=token, expires_at=int(expires_at), data=data)
 
     async def _submit(self, token: str, body: dict[str, Any], headers: dict[str, str]) -> str:

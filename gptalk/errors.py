@@ -18,6 +18,7 @@ __all__ = [
     "GPTalkError",
     "ProtocolError",
     "StreamInterruptedError",
+    "TokenStoreError",
 ]
 
 Endpoint = Literal["login", "submit", "stream"]
@@ -90,3 +91,7 @@ class StreamInterruptedError(ProtocolError):
     def __init__(self, message: str, *, received: str) -> None:
         super().__init__(message, endpoint="stream")
         self.received = received
+
+
+class TokenStoreError(GPTalkError):
+    """The token store (e.g. its Redis) failed, so no request could be made."""

@@ -72,8 +72,10 @@ async def test_bot_answers_and_shuts_down_gracefully(
     stopper.append(proc)
     await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
     assert tg.calls_to("deleteWebhook")
-    [commands] = tg.calls_to("setMyCommands")
-    assert [c["command"] for c in commands.params["commands"]] == ["new", "stop", "retry", "help"]
+    menus = {c.params["scope"]["type"]: c.params["commands"] for c in tg.calls_to("setMyCommands")}
+    assert [c["command"] for c in menus["all_private_chats"]] == ["new", "stop", "retry", "help"]
+    group_menu = [c["command"] for c in menus["all_group_chats"]]
+    assert group_menu == ["ask", "new", "stop", "retry", "help"]
 
     user = tg.add_user(42, "Ann")
     question = tg.user_message(tg.private_chat(user), user, "hello bot")

@@ -1,14 +1,20 @@
-"""One router per feature, in the order they must see updates (catch-all last)."""
+"""One router per feature, in the order they must see updates (catch-alls last)."""
 
 from __future__ import annotations
 
 from aiogram import Router
 
-from . import chat, commands, errors
+from bot.handlers import admin, chat, commands, errors, group
 
 __all__ = ["routers"]
 
 
-def routers() -> list[Router]:
+def routers(*, admin_ids: frozenset[int]) -> list[Router]:
     """Fresh routers (a router can belong to one dispatcher only)."""
-    return [errors.create_router(), commands.create_router(), chat.create_router()]
+    return [
+        errors.create_router(),
+        admin.create_router(admin_ids),
+        commands.create_router(),
+        chat.create_router(),
+        group.create_router(),
+    ]

@@ -6,6 +6,7 @@ from aiogram import Bot, F, Router
 from aiogram.types import Message
 
 from bot.answering import Answerer
+from bot.handlers.asking import ask
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
@@ -26,7 +27,7 @@ async def on_text(
     if not text:
         await message.answer(EMPTY_PROMPT)
         return
-    await answerer.prompt(bot, message, conversation, text)
+    await ask(message, bot, answerer, conversation, text)
 
 
 async def on_other(message: Message) -> None:

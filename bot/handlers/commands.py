@@ -1,21 +1,32 @@
-"""/start, /help, /new (/reset), /stop, /retry."""
+"""/start, /help, /ask, /new (/reset), /stop, /retry — in private chats and groups.
+
+In groups a command counts only when it is for this bot: ``/new`` or
+``/new@thisbot``; aiogram's ``Command`` filter drops ``/new@otherbot``.
+"""
 
 from __future__ import annotations
 
 from aiogram import Bot, F, Router
-from aiogram.filters import Command, CommandStart
+from aiogram.enums import ChatType
+from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import BotCommand, Message
 
+from bot.addressing import quote_of
 from bot.answering import Answerer
+from bot.handlers.asking import ask
 from bot.storage.keys import ConversationKey
 
-__all__ = ["COMMANDS", "create_router"]
+__all__ = ["GROUP_COMMANDS", "PRIVATE_COMMANDS", "create_router"]
 
-COMMANDS = [
+PRIVATE_COMMANDS = [
     BotCommand(command="new", description="Start a new conversation"),
     BotCommand(command="stop", description="Stop the answer being written"),
     BotCommand(command="retry", description="Answer the last message again"),
     BotCommand(command="help", description="How to use this bot"),
+]
+GROUP_COMMANDS = [
+    BotCommand(command="ask", description="Ask me something"),
+    *PRIVATE_COMMANDS,
 ]
 
 HELP = (
@@ -26,15 +37,44 @@ HELP = (
     "/retry — answer your last message again\n"
     "/help — this message"
 )
+GROUP_HELP = (
+    "In this group I answer when you mention me, reply to one of my messages, or use "
+    "/ask <question>. Reply to someone's message with /ask to ask me about it. "
+    "Each group (and each forum topic) is one conversation.\n\n"
+    "/new — start a new conversation here (also /reset)\n"
+    "/stop — stop the answer being written\n"
+    "/retry — answer the last question again"
+)
+ASK_USAGE = "Usage: /ask <question> — or reply to a message with /ask."
+
+
+def _help_for(message: Message) -> str:
+    return HELP if message.chat.type == ChatType.PRIVATE else GROUP_HELP
 
 
 async def on_start(message: Message) -> None:
     name = message.from_user.first_name if message.from_user else "there"
-    await message.answer(f"Hi, {name}! 👋\n\n{HELP}")
+    await message.answer(f"Hi, {name}! 👋\n\n{_help_for(message)}")
 
 
 async def on_help(message: Message) -> None:
-    await message.answer(HELP)
+    await message.answer(_help_for(message))
+
+
+async def on_ask(
+    message: Message,
+    bot: Bot,
+    answerer: Answerer,
+    conversation: ConversationKey,
+    command: CommandObject,
+) -> None:
+    prompt = (command.args or "").strip()
+    if not prompt:
+        if quote_of(message, await bot.me()) is None:
+            await message.reply(ASK_USAGE)
+            return
+        prompt = "What do you say to this?"
+    await ask(message, bot, answerer, conversation, prompt)
 
 
 async def on_new(message: Message, answerer: Answerer, conversation: ConversationKey) -> None:
@@ -55,9 +95,10 @@ async def on_retry(
 
 def create_router() -> Router:
     router = Router(name="commands")
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(F.forward_origin.is_(None))  # a forwarded command is not a command
     router.message.register(on_start, CommandStart())
     router.message.register(on_help, Command("help"))
+    router.message.register(on_ask, Command("ask"))
     router.message.register(on_new, Command("new", "reset"))
     router.message.register(on_stop, Command("stop"))
     router.message.register(on_retry, Command("retry"))

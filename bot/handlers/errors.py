@@ -4,6 +4,7 @@ chat — never the exception text."""
 from __future__ import annotations
 
 import logging
+import time
 
 from aiogram import Router
 from aiogram.exceptions import TelegramAPIError
@@ -18,10 +19,28 @@ UNAVAILABLE = "⚠️ I'm temporarily unavailable (storage is down). Please try 
 FAILED = "⚠️ Sorry, something went wrong on my side. Please try again."
 
 
+class _Throttle:
+    """At most one log line per ``period`` for a recurring outage (no log flood)."""
+
+    def __init__(self, period: float = 60.0) -> None:
+        self._period, self._last = period, -period
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._period:
+            return False
+        self._last = now
+        return True
+
+
+_redis_log = _Throttle()
+
+
 async def on_error(event: ErrorEvent) -> bool:
     exc = event.exception
     if isinstance(exc, RedisError):
-        log.warning("Redis is unavailable: %s", exc)
+        if _redis_log.allow():
+            log.warning("Redis is unavailable: %s (further reports muted for a minute)", exc)
         text = UNAVAILABLE
     else:
         log.error("unhandled error in update %s", event.update.update_id, exc_info=exc)

@@ -33,3 +33,7 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
+
+    def user_prompts(self, user_id: int) -> str:
+        """Sorted set of a user's recent prompt times (``USER_RATE_LIMIT``)."""
+        return f"{self.prefix}:ratelimit:{user_id}"

@@ -1,0 +1,57 @@
+"""Groups and supergroups: answer only what is addressed to the bot.
+
+A message is for the bot when it @mentions it (by entities), replies to one of its
+messages, or is ``/ask <text>`` (handled with the other commands). Everything else
+gets no handler at all, so it costs no API call.
+"""
+
+from __future__ import annotations
+
+from aiogram import Bot, F, Router
+from aiogram.enums import ChatType
+from aiogram.filters import Filter
+from aiogram.types import Message
+
+from bot.addressing import addressed, quote_of
+from bot.answering import Answerer
+from bot.handlers.asking import ask
+from bot.storage.keys import ConversationKey
+
+__all__ = ["create_router"]
+
+GROUP_TYPES = {ChatType.GROUP, ChatType.SUPERGROUP}
+TEXT_ONLY = "I can only read text. Mention me in a message (or a photo caption) with your question."
+ONLY_MENTION = "Yes? Write your question after the mention, or reply to me."
+
+
+class Addressed(Filter):
+    """Passes messages for the bot, giving handlers the prompt as ``prompt``."""
+
+    async def __call__(self, message: Message, bot: Bot) -> bool | dict[str, str]:
+        found = addressed(message, await bot.me())
+        return False if found is None else {"prompt": found.prompt}
+
+
+async def on_addressed(
+    message: Message,
+    bot: Bot,
+    answerer: Answerer,
+    conversation: ConversationKey,
+    prompt: str,
+) -> None:
+    if message.text is None and message.caption is None:
+        await message.reply(TEXT_ONLY)
+        return
+    if not prompt:
+        if quote_of(message, await bot.me()) is None:
+            await message.reply(ONLY_MENTION)
+            return
+        prompt = "What do you say to this?"
+    await ask(message, bot, answerer, conversation, prompt)
+
+
+def create_router() -> Router:
+    router = Router(name="group")
+    router.message.filter(F.chat.type.in_(GROUP_TYPES))
+    router.message.register(on_addressed, Addressed())
+    return router

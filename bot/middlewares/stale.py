@@ -1,0 +1,55 @@
+"""Messages that waited for the bot while it was offline (a backlog after downtime).
+
+Answering a pile of old prompts at startup surprises people and floods Telegram;
+commands from long ago (``/reset_token``) should not run either. Messages older
+than ``max_age`` are skipped; in a private chat the user is told once (per chat,
+per backlog) to send again what they still need.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.enums import ChatType
+from aiogram.types import Message, TelegramObject
+
+__all__ = ["MISSED", "StaleMessageMiddleware"]
+
+MISSED = (
+    "⏰ I was offline when you sent this, so I skipped it. "
+    "Please send it again if you still need an answer."
+)
+
+
+class StaleMessageMiddleware(BaseMiddleware):
+    def __init__(self, max_age: float = 600.0) -> None:
+        self._max_age = max_age
+        self._told: dict[int, float] = {}  # chat id → when we last said so
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        if not isinstance(event, Message) or not self._stale(event):
+            return await handler(event, data)
+        now = time.monotonic()
+        chat_id = event.chat.id
+        if (
+            event.chat.type == ChatType.PRIVATE
+            and now - self._told.get(chat_id, -1e18) > self._max_age
+        ):
+            self._told[chat_id] = now
+            await event.reply(MISSED)
+        return None
+
+    def _stale(self, message: Message) -> bool:
+        sent = message.date
+        if sent.tzinfo is None:
+            sent = sent.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - sent).total_seconds() > self._max_age

@@ -1,0 +1,95 @@
+"""``USER_RATE_LIMIT``: prompts per user per minute, across every process.
+
+A user over the limit gets one polite notice per flood, not one per message: the
+first refused prompt is answered, the rest are ignored until the window frees a
+slot. Refused prompts do not count, so waiting is enough to be answered again.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from redis.asyncio import Redis
+
+from bot.storage.keys import Keys
+
+__all__ = ["Decision", "MemoryUserLimits", "RedisUserLimits", "UserLimits", "Verdict"]
+
+
+class Verdict(enum.Enum):
+    ALLOW = 0
+    NOTIFY = 1  # over the limit: tell the user (once)
+    IGNORE = 2  # over the limit, already told
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    retry_in: float = 0.0  # seconds until the next prompt would be accepted
+
+
+class UserLimits(Protocol):
+    async def hit(self, user_id: int) -> Decision:
+        """Count one prompt of ``user_id`` if it is within the limit."""
+        ...
+
+
+class MemoryUserLimits:
+    def __init__(
+        self, limit: int, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit, self._window, self._clock = limit, window, clock
+        self._hits: dict[int, deque[float]] = {}
+        self._told_until: dict[int, float] = {}
+
+    async def hit(self, user_id: int) -> Decision:
+        now = self._clock()
+        hits = self._hits.setdefault(user_id, deque())
+        while hits and hits[0] <= now - self._window:
+            hits.popleft()
+        if len(hits) < self._limit:
+            hits.append(now)
+            return Decision(Verdict.ALLOW)
+        retry_in = hits[0] + self._window - now
+        if self._told_until.get(user_id, -math.inf) > now:
+            return Decision(Verdict.IGNORE, retry_in)
+        self._told_until[user_id] = now + retry_in
+        return Decision(Verdict.NOTIFY, retry_in)
+
+
+# KEYS: the user's sorted set of prompt times, the "told" flag.
+# ARGV: now (ms), window (ms), limit, a unique member.
+_HIT: Final = """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {0, 0}
+end
+local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+local retry = math.max(1, oldest + window - now)
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', retry) then return {1, retry} end
+return {2, retry}
+"""
+
+
+class RedisUserLimits:
+    def __init__(self, redis: Redis, keys: Keys, limit: int, window: float = 60.0) -> None:
+        self._keys, self._limit, self._window_ms = keys, limit, int(window * 1000)
+        self._script = redis.register_script(_HIT)
+
+    async def hit(self, user_id: int) -> Decision:
+        key = self._keys.user_prompts(user_id)
+        verdict, retry_ms = await self._script(
+            keys=[key, f"{key}:told"],
+            args=[int(time.time() * 1000), self._window_ms, self._limit, secrets.token_hex(8)],
+        )
+        return Decision(Verdict(int(verdict)), int(retry_ms) / 1000)

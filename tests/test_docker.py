@@ -1,0 +1,241 @@
+"""The container wiring, checked as text: no Docker engine is needed (nor used)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.config import Settings
+from bot.healthcheck import DEFAULT_HEARTBEAT_FILE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    assert not pending, "Dockerfile ends with a continuation line"
+    return instructions
+
+
+def instruction(name: str) -> list[str]:
+    return [args for keyword, args in dockerfile() if keyword == name]
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list), args
+    return [str(part) for part in value]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in instruction("ENV"):
+        for item in shlex.split(args):
+            name, sep, value = item.partition("=")
+            assert sep, f"use ENV NAME=value: {args}"
+            env[name] = value
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    services = compose["services"]
+    assert name in services, f"no service {name!r} in docker-compose.yml"
+    result = services[name]
+    assert isinstance(result, dict)
+    return result
+
+
+def environment(svc: dict[str, Any]) -> dict[str, str | None]:
+    """A service's ``environment`` as a mapping, whichever of the two syntaxes is used."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.partition("=") for item in env)
+        return {name: (value if sep else None) for name, sep, value in pairs}
+    return {name: None if value is None else str(value) for name, value in env.items()}
+
+
+def env_example_names() -> list[str]:
+    """Variables assigned in .env.example (commented-out examples excluded)."""
+    text = (ROOT / ".env.example").read_text()
+    return re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE)
+
+
+def readme_config_names() -> set[str]:
+    """The variables of README's configuration table (the table of design.md)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)`", section, flags=re.MULTILINE))
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(duration))
+    assert match, duration
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
+# --- docker-compose.yml -----------------------------------------------------------------------
+
+
+def test_bot_is_built_here_and_waits_for_a_healthy_redis(compose: dict[str, Any]) -> None:
+    bot = service(compose, "bot")
+    build = bot["build"]
+    assert (build if isinstance(build, str) else build.get("context")) in (".", "./")
+    assert bot["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert bot["restart"] == "unless-stopped"
+
+
+def test_bot_talks_to_the_redis_service(compose: dict[str, Any]) -> None:
+    assert environment(service(compose, "bot"))["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_env_file_is_optional(compose: dict[str, Any]) -> None:
+    """A fresh clone without .env works with variables from the shell."""
+    entries = service(compose, "bot")["env_file"]
+    entries = entries if isinstance(entries, list) else [entries]
+    dot_env = [e for e in entries if isinstance(e, dict) and e.get("path") in (".env", "./.env")]
+    assert dot_env, "env_file needs the long syntax: {path: .env, required: false}"
+    assert all(e.get("required") is False for e in dot_env)
+    assert ".env" not in entries, "a plain '.env' entry makes the file required"
+
+
+def test_redis_is_persistent_and_health_checked(compose: dict[str, Any]) -> None:
+    redis = service(compose, "redis")
+    assert redis["image"] == "redis:7"
+    assert redis["restart"] == "unless-stopped"
+    test = redis["healthcheck"]["test"]
+    words = " ".join(test) if isinstance(test, list) else test
+    assert "redis-cli" in words
+    assert "ping" in words
+
+    command = redis["command"]
+    command = command if isinstance(command, list) else shlex.split(command)
+    assert "--appendonly" in command
+    assert command[command.index("--appendonly") + 1] == "yes"
+
+    volumes = [v for v in redis["volumes"] if isinstance(v, str) and v.endswith(":/data")]
+    assert len(volumes) == 1, redis["volumes"]
+    volume = volumes[0].split(":", 1)[0]
+    assert volume in (compose.get("volumes") or {}), f"volume {volume!r} is not declared"
+    assert "ports" not in redis, "Redis is for the bot only: publish no host port"
+
+
+def test_stop_grace_period_covers_the_shutdown_timeout(compose: dict[str, Any]) -> None:
+    """docker stop: SIGTERM, then SIGKILL after the grace period (Docker's default: 10 s)."""
+    shutdown_timeout = Settings.model_fields["shutdown_timeout"].default
+    grace = service(compose, "bot").get("stop_grace_period", "10s")
+    assert seconds(grace) > shutdown_timeout
+
+
+def test_passed_variables_are_spelled_as_documented(compose: dict[str, Any]) -> None:
+    passed = environment(service(compose, "bot"))
+    documented = readme_config_names()
+    assert passed.keys() <= documented, passed.keys() - documented
+    assert sorted(passed) == sorted(env_example_names()), (
+        "docker-compose.yml should pass exactly the variables of .env.example"
+    )
+    settings = {name.upper() for name in Settings.model_fields} - {"HEARTBEAT_FILE"}
+    assert settings <= passed.keys(), f"not passed to the container: {settings - passed.keys()}"
+    assert "HEARTBEAT_FILE" not in passed, "the image sets it; an empty value would override it"
+
+
+def test_passed_through_variables_stay_unset_when_unset(compose: dict[str, Any]) -> None:
+    """``VAR:`` (no value) passes the shell's value or leaves VAR unset; ``${VAR:-}`` would set
+    it to "" in the container, and ``GPTALK_MAX_USES=`` or ``LOG_LEVEL=`` are invalid."""
+    env = environment(service(compose, "bot"))
+    assert env.pop("REDIS_URL") == "redis://redis:6379/0"
+    token = env.pop("BOT_TOKEN")
+    assert token is not None
+    assert token.startswith("${BOT_TOKEN:?"), "compose should refuse to start without a token"
+    assert {name: value for name, value in env.items() if value is not None} == {}
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def test_dockerfile_base_is_a_slim_python() -> None:
+    froms = instruction("FROM")
+    assert froms
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", froms[0].split()[0]), froms[0]
+    assert len(froms) == 1 or " AS " in froms[0].upper()
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    keywords = [keyword for keyword, _ in dockerfile()]
+    users = instruction("USER")
+    assert users, "no USER: the bot would run as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    assert keywords.index("USER") < keywords.index("CMD")
+
+
+def test_dockerfile_health_check_runs_the_heartbeat_check() -> None:
+    [healthcheck] = instruction("HEALTHCHECK")
+    options, _, command = healthcheck.partition("CMD")
+    assert command, healthcheck
+    argv = exec_form(command) if command.strip().startswith("[") else shlex.split(command)
+    assert "bot.healthcheck" in argv
+    assert argv[argv.index("bot.healthcheck") - 1] == "-m"
+    for option in ("--interval=30s", "--timeout=5s", "--start-period=30s", "--retries=3"):
+        assert option in options.split()
+    env = dockerfile_env()
+    assert Path(env["HEARTBEAT_FILE"]) == DEFAULT_HEARTBEAT_FILE
+
+
+def test_dockerfile_command_is_the_bot() -> None:
+    [cmd] = instruction("CMD")
+    assert exec_form(cmd) == ["python", "-m", "bot"]
+    assert not instruction("ENTRYPOINT")
+    assert dockerfile_env()["PYTHONUNBUFFERED"] == "1"
+
+
+def test_dockerfile_installs_the_package_without_tests() -> None:
+    sources = {
+        src.rstrip("/")
+        for args in instruction("COPY")
+        for src in shlex.split(args)[:-1]
+        if not src.startswith("--")
+    }
+    assert {"pyproject.toml", "gptalk", "bot"} <= sources
+    readme = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("readme")
+    if isinstance(readme, str):
+        assert readme in sources, "the build reads the readme named in pyproject.toml"
+    assert not any(src.startswith("tests") or src == "." for src in sources)
+    assert any("pip install --no-cache-dir ." in run for run in instruction("RUN"))
+
+
+def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = {line.strip().rstrip("/") for line in lines if line.strip()}
+    patterns = {p for p in patterns if not p.startswith("#")}
+    for needed in (".env", ".git", ".venv", "tests", ".pytest_cache", ".mypy_cache"):
+        assert needed in patterns, needed
+    for copied in ("pyproject.toml", "README.md", "gptalk", "bot"):
+        assert copied not in patterns, f"{copied} is needed by the build"
