@@ -13,7 +13,9 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bot.answering import Answerer
@@ -31,6 +33,7 @@ __all__ = ["Application", "StartupError", "build_application"]
 log = logging.getLogger("bot")
 
 TELEGRAM_CONNECTIONS = 512
+REDIS_CONNECTIONS = 64
 
 
 class StartupError(Exception):
@@ -55,10 +58,22 @@ class Application:
 
 
 async def connect_redis(url: str) -> Redis:
-    # Timeouts: a hung Redis must not hang the answers that are streaming.
-    redis = Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+    """A client whose every command is bounded in time, so that a hung or vanished
+    Redis fails fast (answers already streaming finish, new prompts get a notice)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        # Many answers at once share the pool; when all connections are busy a
+        # command waits for one (up to `timeout`) instead of failing.
+        max_connections=REDIS_CONNECTIONS,
+        timeout=5,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        # One quick retry (a dropped idle connection), not redis-py's default of
+        # ten with backoff, which would stall every command ~4 s when Redis is down.
+        retry=Retry(NoBackoff(), 1),
     )
+    redis = Redis.from_pool(pool)
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiogram import Bot, Dispatcher
-from aiogram.exceptions import TelegramBadRequest
+from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.types import (
     BotCommandScopeAllGroupChats,
     BotCommandScopeAllPrivateChats,
@@ -89,6 +89,6 @@ async def set_commands(bot: Bot, admin_ids: frozenset[int] = frozenset()) -> Non
             await bot.set_my_commands(
                 [*PRIVATE_COMMANDS, *ADMIN_COMMANDS], scope=BotCommandScopeChat(chat_id=admin_id)
             )
-        except TelegramBadRequest as exc:
+        except (TelegramBadRequest, TelegramForbiddenError) as exc:
             # "chat not found" until the admin has started a chat with the bot.
             log.warning("no admin command menu for %s yet: %s", admin_id, exc.message)

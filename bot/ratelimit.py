@@ -122,9 +122,10 @@ class SlidingWindow:
 
 @dataclass(frozen=True)
 class TelegramLimits:
-    """The budgets the bot keeps to. Slightly stricter than Telegram's (a burst one
-    lower, a window one second longer) so that network jitter between our clock and
-    Telegram's cannot turn a compliant sequence into a 429.
+    """The budgets the bot keeps to. Stricter than Telegram's (bursts lower, the
+    group window a second longer, the bot-wide rate 25/s instead of 30/s) so that
+    network jitter and event-loop lag between our clock and Telegram's cannot turn a
+    compliant sequence into a 429.
 
     ``time_scale`` shrinks every duration (tests run a fake Bot API with a faster
     clock); ``retry_after`` values from Telegram are scaled the same way.
@@ -136,8 +137,8 @@ class TelegramLimits:
     group_limit: int = 20
     group_window: float = 61.0
     group_reserve: int = 3
-    global_rate: float = 30.0
-    global_burst: int = 25
+    global_rate: float = 25.0
+    global_burst: int = 20
     global_reserve: int = 5
     edit_interval: float = 1.0
     group_edit_interval: float = 3.0

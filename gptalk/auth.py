@@ -123,14 +123,15 @@ class _SingleFlightStore:
     async def acquire(self, login: LoginFn, *, max_uses: int) -> str:
         if max_uses < 1:
             raise ValueError("max_uses must be at least 1")
+        token = await self._reserve(max_uses)
+        if token is not None:
+            return token
         while True:
-            token = await self._reserve(max_uses)
-            if token is not None:
-                return token
             fresh = await asyncio.shield(self._flight(login, max_uses))
             if await self._reserve(max_uses, expected=fresh) is not None:
                 return fresh
-            # Other requests took every use of the fresh token first: go round again.
+            # Other requests took every use of the fresh token first: go round again
+            # (the next flight first looks for a token someone else obtained).
 
     def _flight(self, login: LoginFn, max_uses: int) -> asyncio.Task[str]:
         # Keyed by event loop: a store may outlive one asyncio.run() (the seed API's

@@ -7,7 +7,7 @@ import logging
 import time
 
 from aiogram import Router
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
 from aiogram.types import ErrorEvent
 from redis.exceptions import RedisError
 
@@ -38,6 +38,10 @@ _redis_log = _Throttle()
 
 async def on_error(event: ErrorEvent) -> bool:
     exc = event.exception
+    if isinstance(exc, TelegramForbiddenError):
+        # Blocked by the user, or removed from the group: nothing to tell anyone.
+        log.info("cannot write to the chat of update %s: %s", event.update.update_id, exc.message)
+        return True
     if isinstance(exc, RedisError):
         if _redis_log.allow():
             log.warning("Redis is unavailable: %s (further reports muted for a minute)", exc)

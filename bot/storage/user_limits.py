@@ -51,6 +51,8 @@ class MemoryUserLimits:
 
     async def hit(self, user_id: int) -> Decision:
         now = self._clock()
+        if len(self._hits) > 10_000:
+            self._forget_idle(now)
         hits = self._hits.setdefault(user_id, deque())
         while hits and hits[0] <= now - self._window:
             hits.popleft()
@@ -62,6 +64,13 @@ class MemoryUserLimits:
             return Decision(Verdict.IGNORE, retry_in)
         self._told_until[user_id] = now + retry_in
         return Decision(Verdict.NOTIFY, retry_in)
+
+    def _forget_idle(self, now: float) -> None:
+        for user_id in [
+            u for u, hits in self._hits.items() if not hits or hits[-1] <= now - self._window
+        ]:
+            del self._hits[user_id]
+            self._told_until.pop(user_id, None)
 
 
 # KEYS: the user's sorted set of prompt times, the "told" flag.
