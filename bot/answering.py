@@ -182,12 +182,17 @@ class Answerer:
         self._tasks.add(task)
         try:
             async with ticket:
-                await self._generate(bot, message, conversation, user_turn)
+                try:
+                    await self._generate(bot, message, conversation, user_turn)
+                except ChatUnavailableError as exc:
+                    # Dropped while this ticket still holds the turn, so that no
+                    # queued prompt starts for a chat that cannot be written to.
+                    log.warning(
+                        "chat %s is unavailable (%s); dropping its queue", message.chat.id, exc
+                    )
+                    self._line.drop(conversation)
         except LineDroppedError:
             pass
-        except ChatUnavailableError as exc:
-            log.warning("chat %s is unavailable (%s); dropping its queue", message.chat.id, exc)
-            self._line.drop(conversation)
         finally:
             self._tasks.discard(task)
 

@@ -50,8 +50,9 @@ def create_dispatcher(
     (``bot/heartbeat.py``, the container's healthcheck).
     """
     dp = Dispatcher(answerer=answerer, stats=stats, **data)
-    dp.message.outer_middleware(StaleMessageMiddleware(max_message_age))
+    # Access first: strangers get the same refusal whatever the age of their message.
     dp.message.outer_middleware(AccessMiddleware(allowed_user_ids, admin_ids))
+    dp.message.outer_middleware(StaleMessageMiddleware(max_message_age))
     dp.message.outer_middleware(ConversationMiddleware())
     dp.include_routers(*routers(admin_ids=admin_ids))
 

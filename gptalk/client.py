@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -419,6 +420,7 @@ class GPTalkClient:
     ) -> AsyncGenerator[str, None]:
         splitter, decoder = LineSplitter(), DeltaDecoder()
         received: list[str] = []
+        loop = asyncio.get_running_loop()
         try:
             async with self._http().get(
                 self.base_url + STREAM_PATH,
@@ -430,14 +432,23 @@ class GPTalkClient:
                 if response.status != 200:
                     text = await response.text(errors="replace")
                     self._check_status(response.status, text, "stream", stream_token)
-                while chunk := await response.content.readany():
+                # The socket's read timeout restarts on any byte, keep-alive comments
+                # included; a stream counts as stalled when no *data line* came.
+                deadline = loop.time() + self.read_timeout
+                while True:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await response.content.readany()
+                    if not chunk:
+                        break
                     for line in splitter.feed(chunk):
                         item = parse_data_line(line)
                         if item is DONE:
                             return
-                        if isinstance(item, str) and (delta := decoder.delta(item)):
-                            received.append(delta)
-                            yield delta
+                        if isinstance(item, str):
+                            deadline = loop.time() + self.read_timeout
+                            if delta := decoder.delta(item):
+                                received.append(delta)
+                                yield delta
                 tail = splitter.flush()
                 if tail is not None and parse_data_line(tail) is DONE:
                     return

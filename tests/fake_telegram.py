@@ -1117,6 +1117,7 @@ class FakeTelegram:
         return self._url
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._closing = False  # a restart after close() serves long polls again
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_route("*", "/{tail:.*}", self._not_found)

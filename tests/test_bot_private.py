@@ -298,3 +298,14 @@ async def test_in_process_stores_without_redis(
     await harness.settle()
     assert "User: one\nAssistant: **Echo:** one" in fake_gptalk.prompts[-1]
     assert await redis.keys("*") == []
+
+
+async def test_a_photo_caption_in_private_is_a_prompt(
+    make_bot: BotFactory, fake_gptalk: FakeGPTalk
+) -> None:
+    harness = await make_bot()
+    ann = harness.user()
+    photo = harness.say(ann, photo=True, caption="What is in this picture?")
+    await harness.settle()
+    assert fake_gptalk.prompts == ["What is in this picture?"]
+    assert harness.answer(photo) == render(fake_gptalk.answer).text

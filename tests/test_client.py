@@ -1032,3 +1032,44 @@ async def test_seed_example_runs_as_written(seed: FakeGPTalk) -> None:
     assert seed.logins == 1
     assert seed.prompts == ["Write a short poem about autumn."]
     assert body(seed.requests_to("submit")[0])["model"] == "gpt-3.5-turbo"
+
+
+async def test_keep_alive_comments_do_not_hide_a_stall() -> None:
+    """A stream that sends only ``: keep-alive`` lines after its first data line is
+    stalled: the read timeout counts from the last data line, not the last byte."""
+    from aiohttp import web
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"data": {"token": "t", "expires_at": 2**40}})
+
+    async def submit(request: web.Request) -> web.Response:
+        return web.json_response({"data": {"token": "s"}})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"content": "Hello"}\n\n')
+        for _ in range(40):  # 4 s of keep-alives, no data
+            await asyncio.sleep(0.1)
+            await response.write(b": keep-alive\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/chatgpt/user/login", login)
+    app.router.add_post("/api/chatgpt/chatapi/text", submit)
+    app.router.add_get("/api/chatgpt/chatapi/stream", stream)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with GPTalkClient(base_url=f"http://127.0.0.1:{port}", read_timeout=0.5) as client:
+            answer = client.stream(MESSAGES)
+            started = time.monotonic()
+            assert await anext(answer) == "Hello"
+            with pytest.raises(APITimeoutError):
+                await anext(answer)
+            assert time.monotonic() - started < 2.0
+    finally:
+        await runner.cleanup()

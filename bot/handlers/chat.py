@@ -1,4 +1,4 @@
-"""Prompts: every text message in a private chat."""
+"""Prompts: every text message (or media caption) in a private chat."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ async def on_unknown_command(message: Message) -> None:
 async def on_text(
     message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
 ) -> None:
-    text = (message.text or "").strip()
+    text = (message.text or message.caption or "").strip()
     if not text:
         await message.answer(EMPTY_PROMPT)
         return
@@ -39,5 +39,6 @@ def create_router() -> Router:
     router.message.filter(F.chat.type == "private")
     router.message.register(on_unknown_command, F.text.startswith("/"))
     router.message.register(on_text, F.text)
+    router.message.register(on_text, F.caption)  # a photo or document with a question
     router.message.register(on_other)  # stickers, photos, voice…: catch-all, last
     return router

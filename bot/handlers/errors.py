@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import time
 
-from aiogram import Router
+from aiogram import Bot, Router
+from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
-from aiogram.types import ErrorEvent
+from aiogram.types import ErrorEvent, Message
 from redis.exceptions import RedisError
+
+from bot.addressing import addressed
 
 __all__ = ["create_router"]
 
@@ -36,7 +39,16 @@ class _Throttle:
 _redis_log = _Throttle()
 
 
-async def on_error(event: ErrorEvent) -> bool:
+async def _for_this_bot(message: Message, bot: Bot) -> bool:
+    """Whether the failed message was meant for the bot (only those get a reply:
+    in a group, chatter that happened to fail must not make the bot speak)."""
+    if message.chat.type == ChatType.PRIVATE:
+        return True
+    text = message.text or message.caption or ""
+    return text.startswith("/") or addressed(message, await bot.me()) is not None
+
+
+async def on_error(event: ErrorEvent, bot: Bot) -> bool:
     exc = event.exception
     if isinstance(exc, TelegramForbiddenError):
         # Blocked by the user, or removed from the group: nothing to tell anyone.
@@ -50,9 +62,9 @@ async def on_error(event: ErrorEvent) -> bool:
         log.error("unhandled error in update %s", event.update.update_id, exc_info=exc)
         text = FAILED
     message = event.update.message
-    if message is not None and message.chat.type == "private":
+    if message is not None and await _for_this_bot(message, bot):
         try:
-            await message.answer(text)
+            await message.reply(text)
         except TelegramAPIError as send_error:
             log.warning("could not tell chat %s about the error: %s", message.chat.id, send_error)
     return True
