@@ -53,6 +53,7 @@ BUSY = "⏳ I'm still answering your previous messages; send this one again in a
 BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a moment."
 SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
 NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
+RESTARTING = "🔄 The bot is restarting and skipped this message: please send it again in a minute."
 
 
 class LLM(Protocol):
@@ -112,6 +113,7 @@ class Answerer:
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, _Generation] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    _closing: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._line = Line(self.max_waiting)
@@ -149,6 +151,7 @@ class Answerer:
     async def drain(self, grace: float) -> None:
         """On shutdown: let running answers finish for ``grace`` seconds, then stop
         them (their text so far is delivered, marked) and wait for that."""
+        self._closing = True  # prompts still waiting in line are not started any more
         tasks = set(self._tasks)
         if not tasks:
             return
@@ -182,6 +185,9 @@ class Answerer:
         self._tasks.add(task)
         try:
             async with ticket:
+                if self._closing:
+                    await message.reply(RESTARTING)
+                    return
                 try:
                     await self._generate(bot, message, conversation, user_turn)
                 except ChatUnavailableError as exc:

@@ -80,10 +80,16 @@ async def test_bot_answers_and_shuts_down_gracefully(
     user = tg.add_user(42, "Ann")
     question = tg.user_message(tg.private_chat(user), user, "hello bot")
     await tg.wait_for(lambda: bool(tg.bot_messages(42)), timeout=30)
+    queued = tg.user_message(tg.private_chat(user), user, "and another thing")
+    await tg.wait_for(lambda: not tg.pending_updates, timeout=30)  # the bot has it
     proc.send_signal(signal.SIGTERM)  # mid-answer: it must still finish
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert tg.visible_text(42, question["message_id"]) == render(fake_gptalk.answer).text
+    # The prompt still waiting in line is not started during shutdown; its sender is told.
+    [skipped] = [m for m in tg.bot_messages(42) if m.reply_to == queued["message_id"]]
+    assert "restarting" in skipped.text
+    assert fake_gptalk.prompts == ["hello bot"]
     log = err.decode()
     assert tg.token not in log
     assert tg.token.split(":")[1] not in log
