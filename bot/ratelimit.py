@@ -181,10 +181,6 @@ class ChatLimiter:
         self._blocked_until = max(self._blocked_until, self._clock() + seconds)
         self.poke()
 
-    @property
-    def blocked_for(self) -> float:
-        return max(0.0, self._blocked_until - self._clock())
-
     def poke(self) -> None:
         """Re-evaluate waiters (a priority changed, or time limits moved)."""
         if self._wakeup is not None and not self._wakeup.done():
