@@ -111,6 +111,7 @@ class StreamingReply:
         self._frozen_region = Rendered("")
         self._pump: asyncio.Task[None] | None = None
         self._stop_suffix: str | None = None
+        self._layout_cache: tuple[tuple[int, bool], list[Rendered]] | None = None
 
     @property
     def markdown(self) -> str:
@@ -224,7 +225,16 @@ class StreamingReply:
             delay = min(delay * 2, self._max_retry_delay)
 
     def _layout(self) -> list[Rendered]:
-        """The messages the answer should be now."""
+        """The messages the answer should be now (rendered again only when the text
+        grew or the stream ended: planning happens twice per call)."""
+        key = (len(self._chunks), self._done)
+        if self._layout_cache is not None and self._layout_cache[0] == key:
+            return self._layout_cache[1]
+        parts = self._compute_layout()
+        self._layout_cache = (key, parts)
+        return parts
+
+    def _compute_layout(self) -> list[Rendered]:
         full = render(self.markdown)
         if self._done and self._frozen and full.slice(0, self._frozen_end) != self._frozen_region:
             # Completed Markdown changed how the fixed parts render (rare: e.g. a
