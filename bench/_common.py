@@ -7,9 +7,7 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import redis as redis_sync
+from tests.redis_server import RedisStartError, start_redis, stop_process
 
 __all__ = [
     "Runs",
@@ -174,66 +172,22 @@ def load_average() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 @contextlib.contextmanager
-def private_redis(start_timeout: float = 10.0) -> Iterator[tuple[str, int]]:
-    """A throw-away redis-server on a free loopback port (no persistence), as the tests
-    start one (tests/conftest.py ``_start_redis``); yields its URL and pid, stops it after."""
+def private_redis() -> Iterator[tuple[str, int]]:
+    """A throw-away redis-server on a free loopback port (no persistence), started like
+    the tests start theirs; yields its URL and pid, stops it after."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        log_path = Path(workdir) / "redis-server.log"
-        for _ in range(3):
-            port = _free_port()
-            cmd = [
-                exe,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", workdir,
-            ]  # fmt: skip
-            with log_path.open("ab") as log:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-            client = redis_sync.Redis(
-                host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5
-            )
-            deadline = time.monotonic() + start_timeout
-            ready = False
-            try:
-                while not ready and time.monotonic() < deadline and proc.poll() is None:
-                    try:
-                        ready = bool(client.ping())
-                    except redis_sync.RedisError:
-                        time.sleep(0.05)
-            finally:
-                client.close()
-            if ready:
-                try:
-                    yield f"redis://127.0.0.1:{port}/0", proc.pid
-                finally:
-                    _stop(proc)
-                return
-            _stop(proc)
-        raise SystemExit("could not start redis-server:\n" + log_path.read_text(errors="replace"))
+        try:
+            proc, port = start_redis(exe, Path(workdir))
+        except RedisStartError as exc:
+            raise SystemExit(str(exc)) from None
+        try:
+            yield f"redis://127.0.0.1:{port}/0", proc.pid
+        finally:
+            stop_process(proc)
 
 
 def process_cpu_seconds(pid: int) -> float:

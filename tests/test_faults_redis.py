@@ -25,9 +25,9 @@ from redis.exceptions import RedisError
 
 from bot.render import render
 from tests.bot_harness import BotHarness
-from tests.conftest import _start_redis, _stop
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
+from tests.redis_server import start_redis, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 UNAVAILABLE_WORDS = "temporarily unavailable"
@@ -38,7 +38,7 @@ class RedisServer:
 
     def __init__(self, exe: str, workdir: Path) -> None:
         self._exe, self._workdir = exe, workdir
-        self._proc, self.port = _start_redis(exe, workdir)
+        self._proc, self.port = start_redis(exe, workdir)
         self.paused = False
 
     @property
@@ -47,7 +47,7 @@ class RedisServer:
 
     def stop(self) -> None:
         self.resume()  # a stopped process would not act on SIGTERM
-        _stop(self._proc)
+        stop_process(self._proc)
 
     def restart(self) -> None:
         """Start again on the same port (empty: nothing is persisted)."""
