@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
+    webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _no_webhooks_yet(cls, value: Any) -> Any:
+        # Failing beats silently polling (and deleting the webhook someone set up).
+        if isinstance(value, str) and value.strip():
+            raise ValueError("webhook mode is not implemented yet; unset it to use long polling")
+        return None
 
     @field_validator("bot_token")
     @classmethod

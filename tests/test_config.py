@@ -378,3 +378,12 @@ def test_settings_are_frozen(token: str) -> None:
     settings = load_settings()
     with pytest.raises(ValidationError):
         settings.gptalk_model = "other"  # type: ignore[misc]
+
+
+def test_webhook_url_is_refused_until_webhooks_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TOKEN", "123:abc")
+    monkeypatch.setenv("WEBHOOK_URL", "https://example.com/hook")
+    with pytest.raises(ConfigError, match="WEBHOOK_URL: webhook mode is not implemented"):
+        load_settings()
+    monkeypatch.setenv("WEBHOOK_URL", "")
+    assert load_settings().webhook_url is None
