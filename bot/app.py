@@ -7,12 +7,22 @@ only point the URLs at fake servers (and may run Telegram's clock faster).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
+from aiogram.methods import (
+    EditMessageText,
+    GetMe,
+    GetUpdates,
+    SendChatAction,
+    SendMessage,
+    SetMyCommands,
+)
+from aiogram.methods.base import Response
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -49,12 +59,21 @@ class Application:
     llm: GPTalkClient
     limiters: Limiters
     redis: Redis | None
+    response_models: list[Any] = field(default_factory=list)
 
     async def aclose(self) -> None:
         await self.bot.session.close()
         await self.llm.close()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+def pin_response_models() -> list[Any]:
+    """aiogram parametrizes ``Response[...]`` for every API call and pydantic caches
+    those classes only weakly, so without a reference they are rebuilt over and over
+    (~20 % of the CPU under load, bench/REPORT.md). The app holds the ones it uses."""
+    used = (GetUpdates, GetMe, SendMessage, EditMessageText, SendChatAction, SetMyCommands)
+    return [Response.__class_getitem__(cast(Any, method.__returning__)) for method in used]
 
 
 async def connect_redis(url: str) -> Redis:
@@ -169,4 +188,6 @@ async def build_application(
         token_store=token_store,
         settings=settings,
     )
-    return Application(settings, bot, dispatcher, answerer, llm, limiters, redis)
+    return Application(
+        settings, bot, dispatcher, answerer, llm, limiters, redis, pin_response_models()
+    )
