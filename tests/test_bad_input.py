@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +13,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bot.render import render
+from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 
-ROOT = Path(__file__).resolve().parent.parent
 BOT = "@gptalk_test_bot"  # the fake's default bot username
 MEDIA = ("sticker", "photo", "voice", "document")
 
@@ -289,11 +287,7 @@ INVALID: list[tuple[dict[str, str], list[str]]] = [
 
 
 async def run_bot(env: dict[str, str], cwd: Path) -> tuple[int | None, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot",
-        cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await start_bot(env, cwd)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, (out + err).decode()
 
@@ -301,17 +295,7 @@ async def run_bot(env: dict[str, str], cwd: Path) -> tuple[int | None, str]:
 async def test_invalid_configuration_names_the_variable_and_exits_2(
     tg: FakeTelegram, fake_gptalk: FakeGPTalk, tmp_path: Path
 ) -> None:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_", "PROMPT_"))
-    }
-    base.update(
-        BOT_TOKEN=tg.token,
-        TELEGRAM_API_URL=tg.url,
-        GPTALK_URL=fake_gptalk.url,
-        PYTHONPATH=str(ROOT),
-    )
+    base = bot_env(tg, fake_gptalk)
     # Side by side: each run is mostly Python's start-up.
     results = await asyncio.gather(
         *(run_bot({**base, **settings}, tmp_path) for settings, _ in INVALID)

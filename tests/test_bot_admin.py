@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +18,11 @@ from bot.render import render
 from bot.storage.keys import Keys
 from bot.storage.stats import RedisStats
 from tests.bot_harness import BotHarness
+from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 
-ROOT = Path(__file__).resolve().parent.parent
 ADMIN = 1
 ADMINS = frozenset({ADMIN})
 ADMIN_COMMANDS = {"token", "reset_token", "stats"}
@@ -298,23 +296,7 @@ async def test_python_m_bot_registers_the_menus_at_startup(
     tg: FakeTelegram, fake_gptalk: FakeGPTalk, tmp_path: Path
 ) -> None:
     tg.private_chat(tg.add_user(7, "Root"))  # admin 3 never opened a chat with the bot
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_", "ADMIN_"))
-    }
-    env.update(
-        BOT_TOKEN=tg.token,
-        TELEGRAM_API_URL=tg.url,
-        GPTALK_URL=fake_gptalk.url,
-        ADMIN_IDS="3, 7",
-        PYTHONPATH=str(ROOT),
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot",
-        cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await start_bot(bot_env(tg, fake_gptalk, ADMIN_IDS="3, 7"), tmp_path)
     try:
         await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
         assert_menus(tg, admin_with_chat=7, admin_without_chat=3)

@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bot.render import render
+from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def bot_env(tg: FakeTelegram, gptalk: FakeGPTalk, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_"))
-    }
-    env.update(
-        BOT_TOKEN=tg.token,
-        TELEGRAM_API_URL=tg.url,
-        GPTALK_URL=gptalk.url,
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-async def start_bot(env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot",
-        cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,11 +24,12 @@ from redis.exceptions import RedisError
 
 from bot.render import render
 from tests.bot_harness import BotHarness
+from tests.bot_process import bot_env
+from tests.bot_process import start_bot as start_bot_process
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 from tests.redis_server import start_redis, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
 UNAVAILABLE_WORDS = "temporarily unavailable"
 
 
@@ -154,23 +154,8 @@ async def test_redis_down_at_startup_exits_with_one_clear_line(
     own_redis: RedisServer, tg: FakeTelegram, fake_gptalk: FakeGPTalk, tmp_path: Path
 ) -> None:
     own_redis.stop()  # a real Redis URL whose server is not running
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_"))
-    }
-    env.update(
-        BOT_TOKEN=tg.token,
-        TELEGRAM_API_URL=tg.url,
-        GPTALK_URL=fake_gptalk.url,
-        REDIS_URL=own_redis.url,
-        PYTHONPATH=str(ROOT),
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot",
-        cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    env = bot_env(tg, fake_gptalk, REDIS_URL=own_redis.url)
+    proc = await start_bot_process(env, tmp_path)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode not in (0, None)
     lines = [line for line in (out + err).decode().splitlines() if line.strip()]

@@ -16,6 +16,7 @@ import pytest
 
 from bot.healthcheck import DEFAULT_HEARTBEAT_FILE, heartbeat_path
 from bot.heartbeat import Heartbeat
+from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
@@ -191,28 +192,8 @@ async def test_bot_process_is_healthy_until_sigterm(
 ) -> None:
     """What the container does: ``python -m bot`` with HEARTBEAT_FILE, checked from outside."""
     path = tmp_path / "gptalk-bot.heartbeat"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_", "HEARTBEAT_"))
-    }
-    env.update(
-        BOT_TOKEN=tg.token,
-        TELEGRAM_API_URL=tg.url,
-        GPTALK_URL=fake_gptalk.url,
-        HEARTBEAT_FILE=str(path),
-        PYTHONPATH=str(ROOT),
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    env = bot_env(tg, fake_gptalk, HEARTBEAT_FILE=str(path))
+    proc = await start_bot(env, tmp_path, stdout=asyncio.subprocess.DEVNULL)
     try:
         await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
         assert path.exists()

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,11 +24,11 @@ import redis.asyncio as aioredis
 
 from bot.render import render
 from tests.bot_harness import BotHarness
+from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 
-ROOT = Path(__file__).resolve().parent.parent
 ADMIN = 42
 BOT = "@gptalk_test_bot"
 ANONYMOUS_ADMIN_BOT = 1087968824  # Telegram's @GroupAnonymousBot
@@ -101,27 +99,15 @@ async def test_a_debug_session_of_python_m_bot_never_logs_a_secret(
     tg = secret_tg
     fake_gptalk.answer = "A **streamed** answer: " + "word " * 40
     fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.03
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("GPTALK_", "REDIS_", "BOT_", "TELEGRAM_", "LOG_", "ADMIN_"))
-    }
-    env.update(
-        BOT_TOKEN=tg.token,
-        TELEGRAM_API_URL=tg.url,
-        GPTALK_URL=fake_gptalk.url,
+    env = bot_env(
+        tg,
+        fake_gptalk,
         GPTALK_READ_TIMEOUT="1",
         REDIS_URL=redis_url,
         ADMIN_IDS=str(ADMIN),
         LOG_LEVEL="DEBUG",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(ROOT),
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot",
-        cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await start_bot(env, tmp_path)
     try:
         await tg.wait_for(lambda: tg.long_poll_pending, timeout=60)
         root = tg.add_user(ADMIN, "Root")
