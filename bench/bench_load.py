@@ -47,7 +47,6 @@ from bench._common import (
     process_cpu_seconds,
     table,
 )
-from bot.ratelimit import ChatLimiter
 from bot.render import render, split
 from tests.bot_harness import BotHarness, UpdateTracker
 from tests.fake_gptalk import FakeGPTalk
@@ -124,28 +123,6 @@ class GCMonitor:
             yield
         finally:
             gc.callbacks.remove(self._callback)
-
-
-class LimiterProbe:
-    """Counts how often the per-chat limiters re-evaluate a waiting call (wrapping
-    ``ChatLimiter._delay_for`` in this process only)."""
-
-    def __init__(self) -> None:
-        self.evaluations = 0
-
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        original = ChatLimiter._delay_for
-
-        def counted(limiter: ChatLimiter, me: Any) -> float:
-            self.evaluations += 1
-            return original(limiter, me)
-
-        ChatLimiter._delay_for = counted  # type: ignore[method-assign,assignment]
-        try:
-            yield
-        finally:
-            ChatLimiter._delay_for = original  # type: ignore[method-assign]
 
 
 class GenericRebuildProbe:
@@ -278,9 +255,11 @@ async def run_load(args: argparse.Namespace, redis_url: str, redis_pid: int) -> 
         update_of: dict[int, int] = {}  # index → update_id
         chat_of: dict[int, int] = {}  # index → chat id
         lag_task = asyncio.create_task(lag.run())
-        gc_monitor, probe, generics = GCMonitor(), LimiterProbe(), GenericRebuildProbe()
+        gc_monitor, generics = GCMonitor(), GenericRebuildProbe()
+        assert harness.app is not None
+        checks0 = harness.app.scheduler.checks
         cpu0, redis_cpu0, wall0 = _cpu_s(), process_cpu_seconds(redis_pid), time.perf_counter()
-        with gc_monitor.watching(), probe.watching(), generics.watching():
+        with gc_monitor.watching(), generics.watching():
             for i, user in enumerate(users):
                 started[i] = tg.now()
                 message = harness.say(user, f"bench question {i:04d}")
@@ -350,7 +329,7 @@ async def run_load(args: argparse.Namespace, redis_url: str, redis_pid: int) -> 
             rss_before_mb=rss_before,
             log_counts=Counter(),
             gc_pauses=gc_monitor.pauses,
-            limiter_evaluations=probe.evaluations,
+            limiter_evaluations=harness.app.scheduler.checks - checks0,
             generics_built=generics.built,
             generics_seconds=generics.seconds,
         )
@@ -401,7 +380,7 @@ def report(result: Result, args: argparse.Namespace) -> str:
                 ["send/edit rate over the busy span (calls/s)", f"{result.calls_per_s:.1f}"],
                 ["failed send/edit calls", sum(result.failed_calls.values())],
                 [
-                    "rate-limiter evaluations (per send/edit call)",
+                    "scheduler budget checks (per send/edit call)",
                     f"{result.limiter_evaluations:,} "
                     f"({result.limiter_evaluations / max(1, result.sends + result.edits):.1f})",
                 ],

@@ -33,15 +33,16 @@ from gptalk import (
     format_prompt,
 )
 
-from .queue import KeyedLock, Line, LineDroppedError
-from .ratelimit import Limiters
-from .storage.history import HistoryStore
+from .conversation.gate import KeyedLock
+from .conversation.line import Line, LineDroppedError
+from .delivery.scheduler import Scheduler
+from .storage.history import HistoryStore, Turn
 from .storage.keys import ConversationKey
 from .storage.stats import MemoryStats, Stats
-from .storage.user_limits import UserLimits, Verdict
+from .storage.user_limits import Decision, UserLimits, Verdict
 from .streaming import ChatUnavailableError, StreamingReply
 
-__all__ = ["LLM", "Answerer", "build_prompt", "notice_for"]
+__all__ = ["LLM", "Answerer", "asker_of", "build_prompt", "notice_for"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,19 @@ def notice_for(error: GPTalkError) -> str:
     return "\n\n" + text
 
 
+def asker_of(message: TgMessage) -> int:
+    """Who asks: the user, or the chat a message was sent on behalf of (anonymous
+    group admins and channels all share one service account as ``from_user``)."""
+    if message.sender_chat is not None:
+        return message.sender_chat.id
+    return message.from_user.id if message.from_user is not None else message.chat.id
+
+
 def build_prompt(system: str, history: Sequence[Message], max_chars: int) -> list[Message]:
     """System message + as much history as fits ``max_chars`` (as formatted for the
     provider), dropping the oldest turns first. The last message is always kept."""
     head: list[Message] = [Message(role="system", content=system)] if system else []
-    turns = list(history)
+    turns = [Message(role=m["role"], content=m["content"]) for m in history]
     while len(turns) > 1 and len(format_prompt([*head, *turns])) > max_chars:
         turns.pop(0)
         while len(turns) > 1 and turns[0]["role"] == "assistant":
@@ -94,6 +103,7 @@ def build_prompt(system: str, history: Sequence[Message], max_chars: int) -> lis
 @dataclass
 class _Generation:
     reply: StreamingReply
+    asker: int
     discard: bool = False  # the conversation was reset: do not record the answer
 
 
@@ -101,26 +111,36 @@ class _Generation:
 class Answerer:
     llm: LLM
     history: HistoryStore
-    limiters: Limiters
+    scheduler: Scheduler
     system_prompt: str = ""
     prompt_max_chars: int = 12000
-    max_waiting: int = 3
+    max_waiting: int = 3  # in a private chat (one answer runs)
+    group_max_concurrent: int = 5
+    group_max_waiting: int = 10
     typing_interval: float = 4.0
     stats: Stats = field(default_factory=MemoryStats)
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
-    unlimited_users: frozenset[int] = frozenset()  # admins
+    admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
-    _running: dict[ConversationKey, _Generation] = field(init=False, default_factory=dict)
+    _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self._line = Line(self.max_waiting)
+        self._line = Line(limits=self._limits)
+
+    def _limits(self, conversation: ConversationKey) -> tuple[int, int]:
+        if conversation.chat_id > 0:  # a private chat
+            return 1, self.max_waiting
+        return self.group_max_concurrent, self.group_max_waiting
 
     @property
     def active(self) -> int:
-        return len(self._running)
+        return sum(len(running) for running in self._running.values())
+
+    def active_in(self, conversation: ConversationKey) -> int:
+        return len(self._running.get(conversation, ()))
 
     async def prompt(
         self, bot: Bot, message: TgMessage, conversation: ConversationKey, text: str
@@ -132,18 +152,29 @@ class Answerer:
         """Regenerate the answer to the last user message, as a new reply."""
         await self._answer(bot, message, conversation, None)
 
-    def stop(self, conversation: ConversationKey, suffix: str = STOPPED) -> bool:
-        """Stop the running answer; True when there was one."""
-        generation = self._running.get(conversation)
-        if generation is None:
-            return False
-        generation.reply.stop(suffix)
-        return True
+    def stop(
+        self,
+        conversation: ConversationKey,
+        asker: int | None = None,
+        *,
+        message_id: int | None = None,
+        suffix: str = STOPPED,
+    ) -> bool:
+        """Stop running answers of the conversation: ``asker``'s, the one showing
+        ``message_id``, or (neither given) all. True when there was one."""
+        stopped = False
+        for generation in self._running.get(conversation, ()):
+            if asker is not None and generation.asker != asker:
+                continue
+            if message_id is not None and message_id not in generation.reply.message_ids:
+                continue
+            generation.reply.stop(suffix)
+            stopped = True
+        return stopped
 
     async def reset(self, conversation: ConversationKey) -> None:
-        """Forget the conversation and stop its running answer."""
-        generation = self._running.get(conversation)
-        if generation is not None:
+        """Forget the conversation and stop its running answers."""
+        for generation in self._running.get(conversation, ()):
             generation.discard = True
             generation.reply.stop(RESET)
         await self.history.clear(conversation)
@@ -159,7 +190,7 @@ class Answerer:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
             for conversation in list(self._running):
-                self.stop(conversation, SHUTDOWN)
+                self.stop(conversation, suffix=SHUTDOWN)
             _, pending = await asyncio.wait(pending, timeout=10)
             for task in pending:
                 task.cancel()
@@ -171,12 +202,19 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
     ) -> None:
+        asker = asker_of(message)
         # The gate keeps a conversation's prompts in arrival order through the
-        # rate-limit check, up to taking a place in the line.
+        # rate-limit check, up to taking a place in the line. Notices go out after
+        # it: one user's notice must not hold up the others' prompts.
         async with self._gate.hold(conversation):
-            if not await self._within_rate_limit(message):
-                return
-            ticket = self._line.enter(conversation)
+            decision = await self._rate_limit(message)
+            allowed = decision is None or decision.verdict is Verdict.ALLOW
+            ticket = self._line.enter(conversation, asker) if allowed else None
+        if decision is not None and decision.verdict is Verdict.NOTIFY:
+            await message.reply(SLOW_DOWN.format(seconds=max(1, round(decision.retry_in))))
+            return
+        if not allowed:
+            return
         if ticket is None:
             await message.reply(BUSY if message.chat.type == ChatType.PRIVATE else BUSY_GROUP)
             return
@@ -189,7 +227,7 @@ class Answerer:
                     await message.reply(RESTARTING)
                     return
                 try:
-                    await self._generate(bot, message, conversation, user_turn)
+                    await self._generate(bot, message, conversation, user_turn, asker)
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
                     # queued prompt starts for a chat that cannot be written to.
@@ -202,14 +240,14 @@ class Answerer:
         finally:
             self._tasks.discard(task)
 
-    async def _within_rate_limit(self, message: TgMessage) -> bool:
+    async def _rate_limit(self, message: TgMessage) -> Decision | None:
+        """USER_RATE_LIMIT's decision for this prompt (None: not limited)."""
         user = message.from_user
-        if self.user_limits is None or user is None or user.id in self.unlimited_users:
-            return True
-        decision = await self.user_limits.hit(user.id)
-        if decision.verdict is Verdict.NOTIFY:
-            await message.reply(SLOW_DOWN.format(seconds=max(1, round(decision.retry_in))))
-        return decision.verdict is Verdict.ALLOW
+        if self.user_limits is None or user is None:
+            return None
+        if user.id in self.admin_ids and message.sender_chat is None:
+            return None
+        return await self.user_limits.hit(asker_of(message))
 
     async def _generate(
         self,
@@ -217,38 +255,54 @@ class Answerer:
         message: TgMessage,
         conversation: ConversationKey,
         user_turn: Message | None,
+        asker: int,
     ) -> None:
-        if user_turn is None:  # /retry
-            await self.history.pop_answer(conversation)
+        if user_turn is None:  # /retry: the asker's own last question
+            await self.history.pop_answer(conversation, asker)
             turns = await self.history.load(conversation)
-            if not turns or turns[-1]["role"] != "user":
+            question = next(
+                (
+                    i
+                    for i in range(len(turns) - 1, -1, -1)
+                    if turns[i]["role"] == "user" and turns[i].get("asker", asker) == asker
+                ),
+                None,
+            )
+            if question is None:
                 await message.reply(NOTHING_TO_RETRY)
                 return
+            turns = turns[: question + 1]  # the conversation as it stood then
         else:
-            turns = [*await self.history.load(conversation), user_turn]
-            await self.history.append(conversation, user_turn)
+            turn = Turn(role=user_turn["role"], content=user_turn["content"], asker=asker)
+            # Held so that answers starting together in a group see each other's
+            # questions in arrival order.
+            async with self._gate.hold(conversation):
+                turns = [*await self.history.load(conversation), turn]
+                await self.history.append(conversation, turn)
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
         reply = StreamingReply(
             bot,
-            self.limiters.for_chat(message.chat.id),
+            self.scheduler,
             message.chat.id,
             reply_to=message.message_id,
             thread_id=message.message_thread_id if message.is_topic_message else None,
             empty_notice=EMPTY,
             typing_interval=self.typing_interval,
         )
-        generation = _Generation(reply)
-        self._running[conversation] = generation
+        generation = _Generation(reply, asker)
+        self._running.setdefault(conversation, []).append(generation)
         await self.stats.incr("requests")
-        await self.stats.set_active(len(self._running))
+        await self.stats.set_active(self.active)
         started = time.monotonic()
         try:
             delivered = await reply.run(self._deltas(prompt))
         finally:
-            if self._running.get(conversation) is generation:
+            running = self._running[conversation]
+            running.remove(generation)
+            if not running:
                 del self._running[conversation]
-            await self.stats.set_active(len(self._running))
+            await self.stats.set_active(self.active)
         log.info(
             "answered in chat %s: %d chars, %d message(s), %.1f s",
             message.chat.id,
@@ -259,7 +313,7 @@ class Answerer:
         if delivered.markdown.strip() and not generation.discard:
             try:
                 await self.history.append(
-                    conversation, Message(role="assistant", content=delivered.markdown)
+                    conversation, Turn(role="assistant", content=delivered.markdown, asker=asker)
                 )
             except RedisError as exc:  # the user has the answer; only the memory of it is lost
                 log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)

@@ -30,8 +30,9 @@ from redis.exceptions import RedisError
 
 from bot.answering import Answerer
 from bot.config import Settings
+from bot.delivery.budgets import MemoryBudgets, TelegramLimits
+from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
-from bot.ratelimit import Limiters, RateLimitMiddleware, TelegramLimits
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
@@ -57,11 +58,12 @@ class Application:
     dispatcher: Dispatcher
     answerer: Answerer
     llm: GPTalkClient
-    limiters: Limiters
+    scheduler: Scheduler
     redis: Redis | None
     response_models: list[Any] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        await self.scheduler.aclose()
         await self.bot.session.close()
         await self.llm.close()
         if self.redis is not None:
@@ -138,6 +140,9 @@ async def build_application(
     async def count_429() -> None:
         await stats.incr("429s")
 
+    async def count_dropped() -> None:
+        await stats.incr("chatter_dropped")
+
     llm = GPTalkClient(
         base_url=settings.gptalk_url,
         model=settings.gptalk_model,
@@ -148,10 +153,13 @@ async def build_application(
         token_store=token_store,
         on_login=count_login,
     )
-    limiters = Limiters(
-        limits
-        or TelegramLimits(
-            edit_interval=settings.edit_interval, group_edit_interval=settings.group_edit_interval
+    scheduler = Scheduler(
+        MemoryBudgets(
+            limits
+            or TelegramLimits(
+                edit_interval=settings.edit_interval,
+                group_edit_interval=settings.group_edit_interval,
+            )
         )
     )
     api = (
@@ -162,7 +170,9 @@ async def build_application(
     # Every streaming answer may hold a Bot API connection for its next edit: the
     # default pool of 100 would queue answers behind each other under load.
     session = AiohttpSession(api=api, limit=TELEGRAM_CONNECTIONS)
-    session.middleware(RateLimitMiddleware(limiters, on_retry_after=count_429))
+    session.middleware(
+        RateLimitMiddleware(scheduler, on_retry_after=count_429, on_dropped=count_dropped)
+    )
     bot = Bot(
         settings.bot_token.get_secret_value(),
         session=session,
@@ -171,12 +181,13 @@ async def build_application(
     answerer = Answerer(
         llm=llm,
         history=history,
-        limiters=limiters,
+        scheduler=scheduler,
         system_prompt=settings.system_prompt,
         prompt_max_chars=settings.prompt_max_chars,
+        group_max_concurrent=settings.group_max_concurrent,
         stats=stats,
         user_limits=user_limits,
-        unlimited_users=settings.admin_ids,
+        admin_ids=settings.admin_ids,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,
@@ -189,5 +200,5 @@ async def build_application(
         settings=settings,
     )
     return Application(
-        settings, bot, dispatcher, answerer, llm, limiters, redis, pin_response_models()
+        settings, bot, dispatcher, answerer, llm, scheduler, redis, pin_response_models()
     )

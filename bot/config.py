@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     history_ttl: int = Field(604800, ge=1)
     prompt_max_chars: int = Field(12000, ge=100)
     user_rate_limit: int = Field(10, ge=0)
+    group_max_concurrent: int = Field(5, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None

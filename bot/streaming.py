@@ -4,11 +4,12 @@
 about where they come from), sends the first message as soon as there is visible
 text and edits it in place, within the chat's rate limits:
 
-* every call waits for a slot of the chat's :class:`~bot.ratelimit.ChatLimiter`;
+* every call waits for a slot of the bot-wide :class:`~bot.delivery.scheduler.Scheduler`;
   the content is chosen only once the slot is granted, so a slow budget coalesces
   many deltas into one edit of the newest text;
-* first messages, parts that just filled up and the final edit are ``HIGH``
-  priority; intermediate edits are ``LOW`` (edit interval, budget reserve);
+* first messages, parts that just filled up and the final edit have the
+  ``ANSWER`` priority; intermediate edits ``EDIT`` (edit interval, budget reserve),
+  promoted while they wait when the stream ends or the open part fills up;
 * an edit is made only when what Telegram would store (trimmed text and entities)
   changes;
 * Markdown is rendered to entities; if Telegram rejects them, that message falls
@@ -38,8 +39,9 @@ from aiogram.exceptions import (
 )
 from aiogram.types import LinkPreviewOptions, ReplyParameters
 
-from .ratelimit import ChatLimiter, Limiters, Priority
-from .render import Rendered, cut_ranges, render, split
+from .delivery.budgets import Priority
+from .delivery.scheduler import Scheduler, SlotRequest
+from .render import MAX_MESSAGE_UNITS, Rendered, cut_ranges, render, split, utf16_len
 
 __all__ = ["ChatUnavailableError", "Delivered", "StreamingReply"]
 
@@ -81,7 +83,7 @@ class StreamingReply:
     def __init__(
         self,
         bot: Bot,
-        limiter: ChatLimiter,
+        scheduler: Scheduler,
         chat_id: int,
         *,
         reply_to: int | None = None,
@@ -91,7 +93,7 @@ class StreamingReply:
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
     ) -> None:
-        self._bot, self._limiter, self._chat_id = bot, limiter, chat_id
+        self._bot, self._scheduler, self._chat_id = bot, scheduler, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
         self._empty = Rendered(empty_notice)
         self._typing_interval = typing_interval
@@ -99,7 +101,13 @@ class StreamingReply:
         self._chunks: list[str] = []
         self._changed = asyncio.Event()
         self._done = False
-        self._want = Priority.HIGH
+        self._want = Priority.ANSWER
+        self._pending: SlotRequest | None = None  # the slot the next call waits for
+        # Characters the open (last) part can still take before it fills up, and
+        # those received since it was laid out: a cheap, conservative sign that a
+        # waiting intermediate edit has become the sending of a full part.
+        self._room = MAX_MESSAGE_UNITS
+        self._unplanned = 0
         self._shown: list[_Shown] = []
         self._plain: set[int] = set()  # parts whose entities Telegram rejected
         # Edits Telegram refused for no known reason: (content, times refused).
@@ -116,6 +124,11 @@ class StreamingReply:
     @property
     def markdown(self) -> str:
         return "".join(self._chunks)
+
+    @property
+    def message_ids(self) -> tuple[int, ...]:
+        """The messages showing the answer so far."""
+        return tuple(shown.message_id for shown in self._shown)
 
     def stop(self, suffix: str) -> None:
         """Stop reading the stream (closing it); the answer so far ends with ``suffix``.
@@ -148,7 +161,7 @@ class StreamingReply:
         if not pump.cancelled() and (error := pump.exception()) is not None:
             raise error
         return Delivered(
-            message_ids=tuple(shown.message_id for shown in self._shown),
+            message_ids=self.message_ids,
             markdown=self.markdown,
             visible="\n".join(shown.content.text for shown in self._shown),
             stopped=self._stop_suffix is not None,
@@ -159,6 +172,9 @@ class StreamingReply:
             async for delta in deltas:
                 self._chunks.append(delta)
                 self._changed.set()
+                self._unplanned += len(delta)
+                if self._unplanned > self._room and self._pending is not None:
+                    self._pending.promote(Priority.ANSWER)
         finally:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
@@ -173,7 +189,8 @@ class StreamingReply:
             self._chunks.append(self._stop_suffix)
         self._done = True
         self._changed.set()
-        self._limiter.poke()  # a pending intermediate edit is now the final one
+        if self._pending is not None:  # a waiting intermediate edit is now the final one
+            self._pending.promote(Priority.ANSWER)
 
     async def _keep_typing(self) -> None:
         while True:
@@ -188,7 +205,7 @@ class StreamingReply:
             await asyncio.sleep(self._typing_interval)
 
     def _priority(self) -> Priority:
-        return Priority.HIGH if self._done else self._want
+        return Priority.ANSWER if self._done else self._want
 
     async def _deliver_all(self, typing: asyncio.Task[None]) -> None:
         failing_since: float | None = None
@@ -201,7 +218,11 @@ class StreamingReply:
                 if self._done:
                     return
                 continue
-            await self._limiter.acquire(self._priority)
+            self._pending = self._scheduler.request(self._chat_id, self._priority())
+            try:
+                await self._scheduler.wait(self._pending)
+            finally:
+                self._pending = None
             step = self._plan()  # again: the newest text, now that we have a slot
             if step is None:
                 continue
@@ -232,6 +253,8 @@ class StreamingReply:
             return self._layout_cache[1]
         parts = self._compute_layout()
         self._layout_cache = (key, parts)
+        self._room = MAX_MESSAGE_UNITS - (utf16_len(parts[-1].text) if parts else 0)
+        self._unplanned = 0
         return parts
 
     def _compute_layout(self) -> list[Rendered]:
@@ -261,11 +284,11 @@ class StreamingReply:
         for index, content in enumerate(parts):
             wanted = content.plain() if index in self._plain else content
             if index == len(self._shown):
-                self._want = Priority.HIGH
+                self._want = Priority.ANSWER
                 return index, wanted
             if wanted != self._shown[index].content and not self._given_up(index, wanted):
                 last = index == len(parts) - 1
-                self._want = Priority.LOW if last and not self._done else Priority.HIGH
+                self._want = Priority.EDIT if last and not self._done else Priority.ANSWER
                 return index, wanted
         return None
 
@@ -276,7 +299,7 @@ class StreamingReply:
     async def _deliver(self, index: int, content: Rendered) -> bool:
         """Make one call; return whether the answer's state moved forward."""
         try:
-            with Limiters.paced():
+            with Scheduler.paced():
                 if index == len(self._shown):
                     await self._send(content)
                 else:

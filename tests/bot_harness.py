@@ -16,7 +16,7 @@ from aiogram.types import TelegramObject, Update
 
 from bot.app import Application, build_application
 from bot.config import Settings
-from bot.ratelimit import TelegramLimits
+from bot.delivery.budgets import TelegramLimits
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 

@@ -1057,7 +1057,7 @@ class FakeTelegram:
         private_burst: int = 3,
         group_limit: int = 20,
         group_window: float = 60.0,
-        global_rate: float = 30.0,
+        global_limit: int = 30,
         enforce_limits: bool = True,
     ) -> None:
         if time_scale <= 0:
@@ -1068,7 +1068,7 @@ class FakeTelegram:
         self.private_burst = private_burst
         self.group_limit = group_limit
         self.group_window = group_window
-        self.global_rate = global_rate
+        self.global_limit = global_limit
         self.enforce_limits = enforce_limits
         self.bot_user: dict[str, Any] = {
             "id": bot_id,
@@ -1103,7 +1103,8 @@ class FakeTelegram:
         self._closing = False
         self._private_buckets: dict[int, _Bucket] = {}
         self._group_windows: dict[int, _Window] = {}
-        self._global_bucket = _Bucket(global_rate, global_rate, global_rate, 0.0)
+        # Bot-wide: at most global_limit calls in any rolling (fake) second.
+        self._global_window = _Window(global_limit, 1.0)
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
@@ -1732,7 +1733,7 @@ class FakeTelegram:
                 bucket = _Bucket(self.private_rate, burst, burst, now)
                 self._private_buckets[chat_id] = bucket
             chat_limit = bucket
-        wait = max(chat_limit.wait(now), self._global_bucket.wait(now))
+        wait = max(chat_limit.wait(now), self._global_window.wait(now))
         if wait > 0:
             self.too_many_requests += 1
             retry_after = max(1, math.ceil(wait - 1e-9))
@@ -1740,7 +1741,7 @@ class FakeTelegram:
                 429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after
             )
         chat_limit.take(now)
-        self._global_bucket.take(now)
+        self._global_window.take(now)
 
     def _bot_from(self) -> dict[str, Any]:
         return {key: self.bot_user[key] for key in ("id", "is_bot", "first_name", "username")}

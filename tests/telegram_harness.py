@@ -10,15 +10,15 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
-from bot.ratelimit import Limiters, RateLimitMiddleware
+from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from tests.fake_telegram import FakeTelegram
 
 
 @contextlib.asynccontextmanager
-async def make_bot(tg: FakeTelegram, limiters: Limiters) -> AsyncIterator[Bot]:
-    """An aiogram Bot talking to ``tg``, paced by ``limiters`` as in production."""
+async def make_bot(tg: FakeTelegram, scheduler: Scheduler) -> AsyncIterator[Bot]:
+    """An aiogram Bot talking to ``tg``, paced by ``scheduler`` as in production."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(tg.url))
-    session.middleware(RateLimitMiddleware(limiters))
+    session.middleware(RateLimitMiddleware(scheduler))
     bot = Bot(
         tg.token, session=session, default=DefaultBotProperties(link_preview_is_disabled=True)
     )

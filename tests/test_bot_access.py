@@ -183,3 +183,28 @@ async def test_the_limit_is_shared_across_processes(
     assert await redis.zcard(f"gptalk:ratelimit:{bob['id']}") == 1
     assert (await elsewhere.hit(bob["id"])).verdict is Verdict.ALLOW
     assert (await elsewhere.hit(bob["id"])).verdict is Verdict.NOTIFY
+
+
+async def test_a_slow_down_notice_does_not_hold_up_the_group(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    """The notice to a flooding user goes out after the conversation's gate: while it
+    waits for the group's budget, another member's prompt goes on to the model."""
+    harness = await make_bot(user_rate_limit=1)
+    group = tg.group_chat(-100555, "Club")
+    ann, bob = harness.user(2, "Ann"), harness.user(3, "Bob")
+    harness.say(ann, chat=group, **mention("one"))
+    await harness.settle()
+    # Telegram holds the group for 8 s after the notice's first try: the notice waits
+    # (and is dropped after a few seconds), Bob's prompt must not.
+    tg.fail_next(
+        "sendMessage",
+        error_code=429,
+        description="Too Many Requests: retry after 8",
+        retry_after=8,
+    )
+    harness.say(ann, chat=group, **mention("two"))
+    await tg.wait_for(lambda: tg.injected_errors == 1, timeout=5)
+    harness.say(bob, chat=group, **mention("bob here"))
+    await tg.wait_for(lambda: fake_gptalk.submits == 2, timeout=3)
+    assert "Bob: bob here" in fake_gptalk.prompts[-1]

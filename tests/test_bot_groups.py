@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.ratelimit import TelegramLimits
+from bot.delivery.budgets import TelegramLimits
 from bot.render import render
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
@@ -254,10 +254,10 @@ async def test_reply_to_the_bot_continues_the_conversation(
     ]  # the bot's own message is history, not quoted again
     assert harness.answer(follow_up) == "About Bob: and winter?"
     assert await stored(redis, history_key(GROUP_ID)) == [
-        {"role": "user", "content": "Ann: autumn"},
-        {"role": "assistant", "content": "About Ann: autumn"},
-        {"role": "user", "content": "Bob: and winter?"},
-        {"role": "assistant", "content": "About Bob: and winter?"},
+        {"role": "user", "content": "Ann: autumn", "asker": 1},
+        {"role": "assistant", "content": "About Ann: autumn", "asker": 1},
+        {"role": "user", "content": "Bob: and winter?", "asker": 2},
+        {"role": "assistant", "content": "About Bob: and winter?", "asker": 2},
     ]
     no_rejections(tg)
 
@@ -481,18 +481,18 @@ async def test_forum_topics_are_separate_conversations(
         "User: Ann: pasta\nAssistant: About Ann: pasta\nUser: Bob: and the sauce?\nAssistant:"
     )
     assert await stored(redis, history_key(FORUM_ID, cooking)) == [
-        {"role": "user", "content": "Ann: pasta"},
-        {"role": "assistant", "content": "About Ann: pasta"},
-        {"role": "user", "content": "Bob: and the sauce?"},
-        {"role": "assistant", "content": "About Bob: and the sauce?"},
+        {"role": "user", "content": "Ann: pasta", "asker": 1},
+        {"role": "assistant", "content": "About Ann: pasta", "asker": 1},
+        {"role": "user", "content": "Bob: and the sauce?", "asker": 2},
+        {"role": "assistant", "content": "About Bob: and the sauce?", "asker": 2},
     ]
     assert await stored(redis, history_key(FORUM_ID, garden)) == [
-        {"role": "user", "content": "Bob: roses"},
-        {"role": "assistant", "content": "About Bob: roses"},
+        {"role": "user", "content": "Bob: roses", "asker": 2},
+        {"role": "assistant", "content": "About Bob: roses", "asker": 2},
     ]
     assert await stored(redis, history_key(FORUM_ID)) == [
-        {"role": "user", "content": "Ann: hello all"},
-        {"role": "assistant", "content": "About Ann: hello all"},
+        {"role": "user", "content": "Ann: hello all", "asker": 1},
+        {"role": "assistant", "content": "About Ann: hello all", "asker": 1},
     ]
     for question in questions:
         [reply] = [m for m in tg.bot_messages(FORUM_ID) if m.reply_to == question["message_id"]]
@@ -569,7 +569,7 @@ async def test_stop_in_a_topic_stops_only_that_topics_answer(
     await tg.wait_for(lambda: bool(harness.replies(first)))
     await asyncio.sleep(0.5)
     harness.say(
-        bob, "/stop", chat=forum, entities=command("/stop"), thread_id=cooking,
+        ann, "/stop", chat=forum, entities=command("/stop"), thread_id=cooking,
         is_topic_message=True,
     )  # fmt: skip
     await harness.settle()
@@ -683,43 +683,135 @@ async def test_five_answers_in_two_topics_share_the_group_budget(
         for i, (name, thread) in enumerate(zip(NAMES, threads, strict=True), 1)
     ]
     await stream_many(harness, tg, fake_gptalk, forum, askers, "2 topics, 5 answers")
-    # Within a topic the answers came one after the other, each seeing the ones before.
-    cooking_prompts = [p for p in fake_gptalk.prompts if "ann's garden" in p]
-    assert [last_turn(p) for p in cooking_prompts] == [
-        "Ann: ann's garden",
-        "Cid: cid's garden",
-        "Eve: eve's garden",
-    ]
+    # Different people in one topic were answered at once; each prompt is the topic's
+    # conversation as it stood when the answer started: the earlier questions, no answers.
+    cooking = {last_turn(p): p for p in fake_gptalk.prompts if "ann's garden" in p}
+    assert sorted(cooking) == ["Ann: ann's garden", "Cid: cid's garden", "Eve: eve's garden"]
+    assert cooking["Ann: ann's garden"] == "Ann: ann's garden"
+    assert "Ann: ann's garden" in cooking["Cid: cid's garden"]
+    assert "Cid: cid's garden" in cooking["Eve: eve's garden"]
+    assert all("A poem" not in p for p in cooking.values())
 
 
-async def test_five_mentions_at_once_in_one_plain_group(
-    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+def first_edit_after_all_first_sends(tg: FakeTelegram, chat_id: int) -> bool:
+    calls = [c for c in tg.calls if c.ok and c.params.get("chat_id") == chat_id]
+    sends = [i for i, c in enumerate(calls) if c.method == "sendMessage"]
+    edits = [i for i, c in enumerate(calls) if c.method == "editMessageText"]
+    return max(sends) < min(edits)
+
+
+async def test_five_askers_at_once_in_one_plain_group_are_answered_together(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
 ) -> None:
-    """A plain group is one conversation: one answer at a time, at most three waiting
-    (design.md, Concurrency). Four answers come in order; the fifth asker is told to wait."""
+    """A plain group is one conversation, but different people's prompts stream at once
+    (GROUP_MAX_CONCURRENT, default 5), sharing the group's budget: every first message
+    goes out before any intermediate edit, with no 429."""
     harness = await start(make_bot)
     group = tg.group_chat(GROUP_ID, "Book club")
-    users = [harness.user(i, n) for i, n in enumerate(NAMES, 1)]
+    askers = [(harness.user(i, n), None) for i, n in enumerate(NAMES, 1)]
+    fake_start = tg.now()
+    figures = await stream_many(harness, tg, fake_gptalk, group, askers, "plain group, 5 askers")
+    firsts = sorted(c.at - fake_start for c in tg.calls_to("sendMessage", GROUP_ID))
+    print(f"[plain group, 5 askers] first messages after {[round(t, 1) for t in firsts]} s")
+    assert len(fake_gptalk.prompts) == 5
+    assert first_edit_after_all_first_sends(tg, GROUP_ID)
+    # one answer alone takes ~30 Telegram seconds: five in turn would take 150
+    assert figures.fake < 120
+    history = await stored(redis, history_key(GROUP_ID))
+    assert [t["role"] for t in history] == ["user"] * 5 + ["assistant"] * 5
+    for turn in history:  # every turn knows whose question it is or answers
+        asker_name = NAMES[turn["asker"] - 1]
+        assert asker_name.lower() in turn["content"].lower()
+
+
+async def test_a_follow_up_waits_for_the_askers_own_answer_and_sees_it(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann, bob = harness.user(1, "Ann"), harness.user(2, "Bob")
     fake_gptalk.reply = poem_for
-    fake_gptalk.chunk_size, fake_gptalk.delay = 40, 0.05  # ~0.7 s each
-    real_start, fake_start = time.monotonic(), tg.now()
-    questions = [mentioning(harness, group, user, f"{BOT} {user['first_name']}") for user in users]
+    fake_gptalk.chunk_size, fake_gptalk.delay = 40, 0.1
+    mentioning(harness, group, ann, f"{BOT} roses")
+    mentioning(harness, group, ann, f"{BOT} tulips")
+    mentioning(harness, group, bob, f"{BOT} daisies")
     await harness.settle(within=60)
-    real, fake = time.monotonic() - real_start, tg.now() - fake_start
-    print(
-        f"\n[plain group] {len(tg.calls_to('sendMessage', GROUP_ID))} sendMessage + "
-        f"{len(tg.calls_to('editMessageText', GROUP_ID))} editMessageText, "
-        f"{tg.too_many_requests} x 429; {real:.1f} s real = {fake:.0f} s on Telegram's clock"
-    )
+    turns = [last_turn(p) for p in fake_gptalk.prompts]
+    # Bob did not wait for Ann; Ann's follow-up came after her first answer and saw it.
+    assert turns.index("Bob: daisies") < turns.index("Ann: tulips")
+    [follow_up] = [p for p in fake_gptalk.prompts if last_turn(p) == "Ann: tulips"]
+    assert "A poem for Ann about roses" in follow_up
     no_rejections(tg)
-    assert [last_turn(p) for p in fake_gptalk.prompts] == [
-        "Ann: Ann",
-        "Bob: Bob",
-        "Cid: Cid",
-        "Dee: Dee",
-    ]
-    for question, user in zip(questions[:4], users, strict=False):
-        name = user["first_name"]
-        assert harness.answer(question) == render(poem_for(f"{name}: {name}")).text
-    [busy] = harness.replies(questions[4])
+
+
+async def test_beyond_the_cap_prompts_wait_in_order_and_beyond_ten_are_refused(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    harness = await start(make_bot, group_max_concurrent=2)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    fake_gptalk.answer = "fine"
+    fake_gptalk.chunk_size, fake_gptalk.delay = 1, 0.5  # ~2 s per answer: all arrive first
+    users = [harness.user(i, f"U{i}") for i in range(1, 14)]
+    questions = [mentioning(harness, group, u, f"{BOT} q{u['id']}") for u in users]
+    await tg.wait_for(lambda: len(fake_gptalk.prompts) >= 2)
+    await asyncio.sleep(0.3)
+    assert len(fake_gptalk.prompts) == 2  # the cap: two at once
+    await harness.settle(within=120)
+    # 2 running + 10 waiting; the 13th is told to ask again
+    asked = [last_turn(p) for p in fake_gptalk.prompts]
+    assert sorted(asked) == sorted(f"U{i}: q{i}" for i in range(1, 13))
+    [busy] = harness.replies(questions[12])
     assert "moment" in busy
+
+
+async def test_stop_in_a_group_stops_only_the_senders_own_answer(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    harness = await start(make_bot, admin_ids=frozenset({9}))
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann, bob, cid, boss = (
+        harness.user(i, n) for i, n in [(1, "Ann"), (2, "Bob"), (3, "Cid"), (9, "Boss")]
+    )
+    fake_gptalk.answer = "word " * 80
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.05  # ~2 s
+    first = mentioning(harness, group, ann, f"{BOT} talk")
+    second = mentioning(harness, group, bob, f"{BOT} talk")
+    third = mentioning(harness, group, cid, f"{BOT} talk")
+    await tg.wait_for(lambda: all(harness.replies(q) for q in (first, second, third)))
+    stranger = harness.user(4, "Dee")
+    nothing = harness.say(stranger, "/stop", chat=group, entities=command("/stop"))
+    harness.say(ann, "/stop", chat=group, entities=command("/stop"))
+    # an admin stops someone else's answer by replying to it
+    [bobs] = [m for m in tg.bot_messages(GROUP_ID) if m.reply_to == second["message_id"]]
+    harness.say(boss, "/stop", chat=group, entities=command("/stop"), reply_to=bobs.message_id)
+    await harness.settle()
+    assert harness.answer(first).endswith("Stopped.")
+    assert harness.answer(second).endswith("Stopped.")
+    assert harness.answer(third) == render(fake_gptalk.answer).text
+    [refusal] = harness.replies(nothing)
+    assert "none of the answers" in refusal
+    no_rejections(tg)
+
+
+async def test_retry_in_a_group_regenerates_the_senders_own_question(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann, bob = harness.user(1, "Ann"), harness.user(2, "Bob")
+    fake_gptalk.reply = poem_for
+    mentioning(harness, group, ann, f"{BOT} roses")
+    await harness.settle()
+    mentioning(harness, group, bob, f"{BOT} daisies")
+    await harness.settle()
+    harness.say(ann, "/retry", chat=group, entities=command("/retry"))
+    await harness.settle()
+    assert last_turn(fake_gptalk.prompts[-1]) == "Ann: roses"
+    assert "daisies" not in fake_gptalk.prompts[-1]  # the conversation as it stood then
+    history = await stored(redis, history_key(GROUP_ID))
+    answers = [t["content"] for t in history if t["role"] == "assistant"]
+    # Ann's old answer was replaced by the new one; Bob's stays
+    assert [a.splitlines()[0] for a in answers] == [
+        "**A poem for Bob about daisies**",
+        "**A poem for Ann about roses**",
+    ]

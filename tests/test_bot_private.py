@@ -64,10 +64,10 @@ async def test_history_is_carried_and_cleared_by_new(
     )
     stored = [json.loads(x) for x in await redis.lrange(f"gptalk:history:{ann['id']}", 0, -1)]
     assert stored == [
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "**Echo:** first"},
-        {"role": "user", "content": "second"},
-        {"role": "assistant", "content": "**Echo:** second"},
+        {"role": "user", "content": "first", "asker": 1001},
+        {"role": "assistant", "content": "**Echo:** first", "asker": 1001},
+        {"role": "user", "content": "second", "asker": 1001},
+        {"role": "assistant", "content": "**Echo:** second", "asker": 1001},
     ]
     assert 0 < await redis.ttl(f"gptalk:history:{ann['id']}") <= 604800
 
@@ -111,8 +111,8 @@ async def test_retry_regenerates_the_last_answer(
     assert [m.text for m in tg.bot_messages(ann["id"])] == ["first answer", "second answer"]
     stored = [json.loads(x) for x in await redis.lrange(f"gptalk:history:{ann['id']}", 0, -1)]
     assert stored == [
-        {"role": "user", "content": "question"},
-        {"role": "assistant", "content": "second answer"},
+        {"role": "user", "content": "question", "asker": 1001},
+        {"role": "assistant", "content": "second answer", "asker": 1001},
     ]
 
 

@@ -459,6 +459,21 @@ async def test_group_sliding_window(make_fake: MakeFake, make_bot: MakeBot) -> N
     assert sends[-1].at - sends[0].at >= 60.0  # Call.at is in fake seconds
 
 
+async def test_bot_wide_limit_is_30_in_any_rolling_second(
+    make_fake: MakeFake, make_bot: MakeBot
+) -> None:
+    # A slow fake clock: the whole burst happens within one fake second.
+    fake = await make_fake(time_scale=100.0)
+    bot = make_bot(fake)
+    chats = [_user_and_chat(fake, 5000 + i)[1] for i in range(31)]
+    for chat_id in chats[:30]:
+        await bot.send_message(chat_id, "hi")
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_message(chats[30], "one too many")
+    assert fake.too_many_requests == 1
+    assert fake.now() < 1.0
+
+
 async def test_injected_errors(fake: FakeTelegram, bot: Bot) -> None:
     _, chat_id = _user_and_chat(fake)
     fake.fail_next(

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.ratelimit import TelegramLimits
+from bot.delivery.budgets import TelegramLimits
 from bot.render import render, split
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory

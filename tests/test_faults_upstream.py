@@ -28,7 +28,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.answering import EMPTY, notice_for
-from bot.ratelimit import TelegramLimits
+from bot.delivery.budgets import TelegramLimits
 from bot.render import render, split
 from gptalk import APIStatusError, APITimeoutError, ProtocolError, StreamInterruptedError
 from tests.bot_harness import BotHarness

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
+from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore, Turn
 from bot.storage.keys import ConversationKey, Keys
 from gptalk import Message
 
@@ -292,11 +292,11 @@ async def test_redis_no_key_left_without_ttl(redis: aioredis.Redis) -> None:
     assert await redis.keys("*") == []
 
 
-async def test_redis_pop_answer_of_last_message_deletes_key(redis: aioredis.Redis) -> None:
+async def test_redis_an_answer_to_no_question_is_not_popped(redis: aioredis.Redis) -> None:
     store = redis_store(redis)
     await redis.rpush("P:history:3", json.dumps({"role": "assistant", "content": "r"}))
-    assert await store.pop_answer(ConversationKey(3)) == a("r")
-    assert await redis.exists("P:history:3") == 0
+    assert await store.pop_answer(ConversationKey(3)) is None
+    assert await redis.llen("P:history:3") == 1
 
 
 async def test_redis_prefixes_are_separate(redis: aioredis.Redis) -> None:
@@ -384,3 +384,25 @@ async def test_memory_expired_history_starts_fresh() -> None:
     clock.now += 200
     await store.append(CHAT, u("new"))
     assert await store.load(CHAT) == [u("new")]
+
+
+def turn(role: str, content: str, asker: int) -> Turn:
+    return Turn(role=role, content=content, asker=asker)
+
+
+async def test_pop_answer_finds_the_answer_to_an_askers_last_question(
+    make_store: StoreFactory,
+) -> None:
+    """In a group answers interleave: /retry removes the asker's own answer."""
+    store = make_store()
+    ann_q, bob_q = turn("user", "Ann: q1", 1), turn("user", "Bob: q2", 2)
+    to_bob, to_ann = turn("assistant", "to Bob", 2), turn("assistant", "to Ann", 1)
+    await store.append(CHAT, ann_q, bob_q, to_bob, to_ann)
+    assert await store.load(CHAT) == [ann_q, bob_q, to_bob, to_ann]  # askers are kept
+    assert await store.pop_answer(CHAT, 2) == to_bob
+    assert await store.load(CHAT) == [ann_q, bob_q, to_ann]
+    assert await store.pop_answer(CHAT, 2) is None  # Bob's question has no answer now
+    ann_q3 = turn("user", "Ann: q3", 1)
+    await store.append(CHAT, ann_q3)
+    assert await store.pop_answer(CHAT, 1) is None  # Ann's last question is not answered yet
+    assert await store.load(CHAT) == [ann_q, bob_q, to_ann, ann_q3]

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from aiogram import Bot
 
-from bot.ratelimit import Limiters, TelegramLimits
+from bot.delivery.budgets import MemoryBudgets, TelegramLimits
+from bot.delivery.scheduler import Scheduler
 from bot.render import Rendered, render, split
 from bot.streaming import ChatUnavailableError, Delivered, StreamingReply
 from tests.fake_telegram import Call, FakeTelegram
@@ -33,13 +34,15 @@ async def tg() -> AsyncIterator[FakeTelegram]:
 
 
 @pytest.fixture
-def limiters() -> Limiters:
-    return Limiters(TelegramLimits())
+async def scheduler() -> AsyncIterator[Scheduler]:
+    sched = Scheduler(MemoryBudgets(TelegramLimits()))
+    yield sched
+    await sched.aclose()
 
 
 @pytest.fixture
-async def bot(tg: FakeTelegram, limiters: Limiters) -> AsyncIterator[Bot]:
-    async with make_bot(tg, limiters) as bot:
+async def bot(tg: FakeTelegram, scheduler: Scheduler) -> AsyncIterator[Bot]:
+    async with make_bot(tg, scheduler) as bot:
         yield bot
 
 
@@ -62,13 +65,13 @@ def pieces(text: str, size: int) -> list[str]:
 
 async def stream(
     bot: Bot,
-    limiters: Limiters,
+    scheduler: Scheduler,
     tg: FakeTelegram,
     deltas: AsyncIterator[str],
     **kwargs: Any,
 ) -> tuple[Delivered, int, int]:
     chat_id, reply_to = user_prompt(tg)
-    reply = StreamingReply(bot, limiters.for_chat(chat_id), chat_id, reply_to=reply_to, **kwargs)
+    reply = StreamingReply(bot, scheduler, chat_id, reply_to=reply_to, **kwargs)
     return await reply.run(deltas), chat_id, reply_to
 
 
@@ -94,12 +97,12 @@ def shown(tg: FakeTelegram, chat_id: int) -> list[str]:
 
 
 async def test_reply_streams_and_ends_with_the_rendered_answer(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     answer = "**Autumn** leaves _fall_ softly,\ncovering the `path` in gold. 🍂"
     started = time.monotonic()
     delivered, chat_id, reply_to = await stream(
-        bot, limiters, tg, chunks(pieces(answer, 4), delay=0.1)
+        bot, scheduler, tg, chunks(pieces(answer, 4), delay=0.1)
     )
     elapsed = time.monotonic() - started
     [message] = tg.bot_messages(chat_id)
@@ -117,13 +120,13 @@ async def test_reply_streams_and_ends_with_the_rendered_answer(
 
 
 async def test_typing_is_shown_until_the_first_text(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     async def late() -> AsyncIterator[str]:
         await asyncio.sleep(0.5)
         yield "hello"
 
-    await stream(bot, limiters, tg, late(), typing_interval=0.1)
+    await stream(bot, scheduler, tg, late(), typing_interval=0.1)
     actions = tg.calls_to("sendChatAction")
     assert len(actions) >= 3  # renewed while waiting
     assert all(c.params["action"] == "typing" for c in actions)
@@ -131,10 +134,10 @@ async def test_typing_is_shown_until_the_first_text(
     assert all(c.at <= first_send for c in actions)
 
 
-async def test_fast_stream_is_coalesced(bot: Bot, limiters: Limiters, tg: FakeTelegram) -> None:
+async def test_fast_stream_is_coalesced(bot: Bot, scheduler: Scheduler, tg: FakeTelegram) -> None:
     words = [f"word{i} " for i in range(300)]  # 100 chunks/s for 3 s
     started = time.monotonic()
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(words, delay=0.01))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(words, delay=0.01))
     elapsed = time.monotonic() - started
     assert shown(tg, chat_id) == [render("".join(words)).text]
     assert len(message_calls(tg)) <= math.ceil(elapsed / 1.0) + 2
@@ -142,21 +145,21 @@ async def test_fast_stream_is_coalesced(bot: Bot, limiters: Limiters, tg: FakeTe
 
 
 async def test_slow_stream_shows_every_chunk(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     parts = ["One.", " Two.", " Three."]
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(parts, delay=3.0))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(parts, delay=3.0))
     [message] = tg.bot_messages(chat_id)
     assert message.history == ["One.", "One. Two.", "One. Two. Three."]
     assert_no_rejections(tg)
 
 
 async def test_no_edit_when_what_telegram_stores_is_unchanged(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     # Trailing spaces/newlines are trimmed by Telegram: these deltas change nothing visible.
     parts = ["Hello", " ", "\n", "\n\n", "  ", " world", "\n"]
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(parts, delay=0.3))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(parts, delay=0.3))
     [message] = tg.bot_messages(chat_id)
     assert message.text == render("".join(parts)).text
     assert len(message.history) == len(set(message.history))  # every edit changed something
@@ -164,10 +167,10 @@ async def test_no_edit_when_what_telegram_stores_is_unchanged(
 
 
 async def test_empty_answer_is_replaced_by_a_notice(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     delivered, chat_id, _ = await stream(
-        bot, limiters, tg, chunks(["", "  ", "\n"]), empty_notice="(nothing)"
+        bot, scheduler, tg, chunks(["", "  ", "\n"]), empty_notice="(nothing)"
     )
     assert shown(tg, chat_id) == ["(nothing)"]
     assert delivered.markdown.strip() == ""
@@ -175,10 +178,10 @@ async def test_empty_answer_is_replaced_by_a_notice(
 
 
 async def test_markdown_half_written_then_completed(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     parts = ["Here is **bo", "ld** text and a ```py\nprint(1)", "\n```\nend"]
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(parts, delay=1.1))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(parts, delay=1.1))
     [message] = tg.bot_messages(chat_id)
     final = render("".join(parts))
     assert message.text == final.text
@@ -190,18 +193,20 @@ async def test_markdown_half_written_then_completed(
 
 
 async def test_rejected_entities_fall_back_to_plain_text(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     tg.fail_next("sendMessage", error_code=400, description="Bad Request: can't parse entities: x")
     tg.fail_next("editMessageText", error_code=400, description="Bad Request: can't parse entities")
     answer = "**bold** start, then more text"
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(pieces(answer, 8), delay=0.4))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(pieces(answer, 8), delay=0.4))
     [message] = tg.bot_messages(chat_id)
     assert message.text == render(answer).text  # the text is never lost
     assert message.entities == []
 
 
-async def test_429_on_edit_then_newest_text(bot: Bot, limiters: Limiters, tg: FakeTelegram) -> None:
+async def test_429_on_edit_then_newest_text(
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
+) -> None:
     tg.fail_next(
         "editMessageText",
         error_code=429,
@@ -210,7 +215,7 @@ async def test_429_on_edit_then_newest_text(bot: Bot, limiters: Limiters, tg: Fa
     )
     parts = [f"part {i}. " for i in range(12)]
     started = time.monotonic()
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(parts, delay=0.25))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(parts, delay=0.25))
     assert shown(tg, chat_id) == [render("".join(parts)).text]
     edits = tg.calls_to("editMessageText")
     rejected = [c for c in edits if not c.ok]
@@ -222,7 +227,7 @@ async def test_429_on_edit_then_newest_text(bot: Bot, limiters: Limiters, tg: Fa
 
 
 async def test_stream_ends_while_a_429_wait_is_pending(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     tg.fail_next(
         "editMessageText",
@@ -231,12 +236,12 @@ async def test_stream_ends_while_a_429_wait_is_pending(
         retry_after=3,
     )
     parts = ["first words", " and the rest of the answer", " — the end."]
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(parts, delay=1.2))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(parts, delay=1.2))
     assert shown(tg, chat_id) == [render("".join(parts)).text]  # the final text arrived
 
 
 async def test_deleted_reply_continues_in_a_new_message(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     async def deltas() -> AsyncIterator[str]:
         yield "The beginning"
@@ -246,21 +251,21 @@ async def test_deleted_reply_continues_in_a_new_message(
             tg.delete_message(USER_ID, message.message_id)
         yield " and the end."
 
-    delivered, chat_id, _ = await stream(bot, limiters, tg, deltas())
+    delivered, chat_id, _ = await stream(bot, scheduler, tg, deltas())
     assert shown(tg, chat_id) == ["The beginning and the end."]
     assert len(delivered.message_ids) == 1
 
 
 async def test_blocked_chat_raises_chat_unavailable(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     tg.block_chat(USER_ID)
     with pytest.raises(ChatUnavailableError):
-        await stream(bot, limiters, tg, chunks(["hi"]))
+        await stream(bot, scheduler, tg, chunks(["hi"]))
 
 
 async def test_stop_ends_with_the_suffix_and_closes_the_stream(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     closed = asyncio.Event()
 
@@ -274,7 +279,7 @@ async def test_stop_ends_with_the_suffix_and_closes_the_stream(
             closed.set()
 
     chat_id, reply_to = user_prompt(tg)
-    reply = StreamingReply(bot, limiters.for_chat(chat_id), chat_id, reply_to=reply_to)
+    reply = StreamingReply(bot, scheduler, chat_id, reply_to=reply_to)
     task = asyncio.create_task(reply.run(endless()))
     await asyncio.sleep(1.0)
     reply.stop("\n\n_stopped_")
@@ -291,12 +296,12 @@ async def test_stop_ends_with_the_suffix_and_closes_the_stream(
 
 @pytest.mark.parametrize("filler", ["word ", "🍂🍁 ", "日本語の文 "])
 async def test_long_answer_is_split_and_full_parts_are_not_edited_again(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram, filler: str
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram, filler: str
 ) -> None:
     paragraph = filler * 200
     answer = "\n\n".join([paragraph] * 12)  # well over 3 × 4096 UTF-16 units
     _delivered, chat_id, reply_to = await stream(
-        bot, limiters, tg, chunks(pieces(answer, 700), delay=0.05)
+        bot, scheduler, tg, chunks(pieces(answer, 700), delay=0.05)
     )
     messages = tg.bot_messages(chat_id)
     assert [m.text for m in messages] == [p.text for p in expected_parts(answer)]
@@ -319,10 +324,10 @@ async def test_long_answer_is_split_and_full_parts_are_not_edited_again(
 
 
 async def test_formatting_crossing_a_split_is_reopened(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:
     answer = "**" + ("bold words " * 700).strip() + "**"
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks([answer]))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks([answer]))
     messages = tg.bot_messages(chat_id)
     assert len(messages) == 2
     for message in messages:
@@ -335,12 +340,12 @@ async def test_formatting_crossing_a_split_is_reopened(
 
 @pytest.mark.parametrize("seconds", [10, 30])
 async def test_long_stream_has_no_429_and_bounded_edits(
-    bot: Bot, limiters: Limiters, tg: FakeTelegram, seconds: int
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram, seconds: int
 ) -> None:
     per_second = 20
     words = [f"w{i} " for i in range(seconds * per_second)]
     started = time.monotonic()
-    _delivered, chat_id, _ = await stream(bot, limiters, tg, chunks(words, delay=1 / per_second))
+    _delivered, chat_id, _ = await stream(bot, scheduler, tg, chunks(words, delay=1 / per_second))
     elapsed = time.monotonic() - started
     calls = message_calls(tg)
     assert shown(tg, chat_id) == [p.text for p in expected_parts("".join(words))]

@@ -12,7 +12,7 @@ from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import BotCommand, Message
 
 from bot.addressing import quote_of
-from bot.answering import Answerer
+from bot.answering import Answerer, asker_of
 from bot.handlers.asking import ask
 from bot.storage.keys import ConversationKey
 
@@ -82,9 +82,34 @@ async def on_new(message: Message, answerer: Answerer, conversation: Conversatio
     await message.answer("🆕 New conversation. What would you like to talk about?")
 
 
-async def on_stop(message: Message, answerer: Answerer, conversation: ConversationKey) -> None:
-    if not answerer.stop(conversation):
-        await message.answer("Nothing to stop: no answer is being written.")
+NOTHING_TO_STOP = "Nothing to stop: no answer is being written."
+NOTHING_OF_YOURS = "Nothing to stop: none of the answers being written here is yours."
+
+
+async def on_stop(
+    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
+) -> None:
+    """In a private chat: the answer being written. In a group: the sender's own;
+    an admin (ADMIN_IDS) may stop any, by replying to it with /stop (or, with no
+    answer of their own and no reply, all of them)."""
+    if message.chat.type == ChatType.PRIVATE:
+        if not answerer.stop(conversation):
+            await message.answer(NOTHING_TO_STOP)
+        return
+    if answerer.stop(conversation, asker_of(message)):
+        return
+    user = message.from_user
+    if user is not None and message.sender_chat is None and user.id in answerer.admin_ids:
+        reply = message.reply_to_message
+        me = await bot.me()
+        if reply is not None and reply.from_user is not None and reply.from_user.id == me.id:
+            if answerer.stop(conversation, message_id=reply.message_id):
+                return
+        elif answerer.stop(conversation):
+            return
+        await message.reply(NOTHING_TO_STOP)
+        return
+    await message.reply(NOTHING_OF_YOURS if answerer.active_in(conversation) else NOTHING_TO_STOP)
 
 
 async def on_retry(

@@ -13,6 +13,7 @@ from aiogram.types import ErrorEvent, Message
 from redis.exceptions import RedisError
 
 from bot.addressing import addressed
+from bot.delivery.scheduler import ChatterDroppedError
 
 __all__ = ["create_router"]
 
@@ -50,6 +51,8 @@ async def _for_this_bot(message: Message, bot: Bot) -> bool:
 
 async def on_error(event: ErrorEvent, bot: Bot) -> bool:
     exc = event.exception
+    if isinstance(exc, ChatterDroppedError):
+        return True  # a reply that could not go out in time: counted and logged already
     if isinstance(exc, TelegramForbiddenError):
         # Blocked by the user, or removed from the group: nothing to tell anyone.
         log.info("cannot write to the chat of update %s: %s", event.update.update_id, exc.message)

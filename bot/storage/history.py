@@ -18,26 +18,37 @@ from gptalk import Message
 
 from .keys import ConversationKey, Keys
 
-__all__ = ["HistoryStore", "MemoryHistoryStore", "RedisHistoryStore"]
+__all__ = ["HistoryStore", "MemoryHistoryStore", "RedisHistoryStore", "Turn"]
+
+
+class Turn(Message, total=False):
+    """A message of the history, with who asked it (or whose question it answers):
+    the user's id, or the chat's for messages sent on behalf of a chat. In a group
+    several people's answers stream at once, so their turns interleave."""
+
+    asker: int
 
 
 class HistoryStore(Protocol):
-    async def load(self, conversation: ConversationKey) -> list[Message]:
+    async def load(self, conversation: ConversationKey) -> list[Turn]:
         """The conversation's messages, oldest first."""
         ...
 
-    async def append(self, conversation: ConversationKey, *messages: Message) -> None:
+    async def append(self, conversation: ConversationKey, *messages: Turn) -> None:
         """Add messages at the end, trim, and refresh the expiry."""
         ...
 
-    async def pop_answer(self, conversation: ConversationKey) -> Message | None:
-        """Remove and return the last message if it is the assistant's (for /retry)."""
+    async def pop_answer(
+        self, conversation: ConversationKey, asker: int | None = None
+    ) -> Turn | None:
+        """Remove and return the answer to ``asker``'s last question, if there is one
+        after it (for /retry); ``None`` means anyone's (the last question's)."""
         ...
 
     async def clear(self, conversation: ConversationKey) -> None: ...
 
 
-def _trim(messages: list[Message], max_messages: int) -> list[Message]:
+def _trim(messages: list[Turn], max_messages: int) -> list[Turn]:
     messages = messages[-max_messages:]
     while messages and messages[0]["role"] == "assistant":
         messages = messages[1:]
@@ -51,9 +62,9 @@ class MemoryHistoryStore:
         self, *, max_messages: int, ttl: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._max, self._ttl, self._clock = max_messages, ttl, clock
-        self._data: dict[ConversationKey, tuple[float, list[Message]]] = {}
+        self._data: dict[ConversationKey, tuple[float, list[Turn]]] = {}
 
-    def _get(self, conversation: ConversationKey) -> list[Message]:
+    def _get(self, conversation: ConversationKey) -> list[Turn]:
         entry = self._data.get(conversation)
         if entry is None:
             return []
@@ -63,7 +74,7 @@ class MemoryHistoryStore:
             return []
         return messages
 
-    def _put(self, conversation: ConversationKey, messages: list[Message]) -> None:
+    def _put(self, conversation: ConversationKey, messages: list[Turn]) -> None:
         if len(self._data) > 10_000:  # drop expired conversations now and then
             now = self._clock()
             for key in [k for k, (expires, _) in self._data.items() if expires <= now]:
@@ -73,20 +84,21 @@ class MemoryHistoryStore:
         else:
             self._data.pop(conversation, None)
 
-    async def load(self, conversation: ConversationKey) -> list[Message]:
+    async def load(self, conversation: ConversationKey) -> list[Turn]:
         return [_copy(m) for m in self._get(conversation)]
 
-    async def append(self, conversation: ConversationKey, *messages: Message) -> None:
-        current = self._get(conversation) + [
-            Message(role=m["role"], content=m["content"]) for m in messages
-        ]
+    async def append(self, conversation: ConversationKey, *messages: Turn) -> None:
+        current = self._get(conversation) + [_copy(m) for m in messages]
         self._put(conversation, _trim(current, self._max))
 
-    async def pop_answer(self, conversation: ConversationKey) -> Message | None:
+    async def pop_answer(
+        self, conversation: ConversationKey, asker: int | None = None
+    ) -> Turn | None:
         messages = self._get(conversation)
-        if not messages or messages[-1]["role"] != "assistant":
+        index = answer_index(messages, asker)
+        if index is None:
             return None
-        answer = messages.pop()
+        answer = messages.pop(index)
         self._put(conversation, messages)
         return answer
 
@@ -107,13 +119,30 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]
 return redis.call('LLEN', KEYS[1])
 """
 
-# KEYS[1] = history list. Pops the last message only if it is the assistant's.
+# KEYS[1] = history list; ARGV = ttl, asker ('' = anyone). Removes the answer to the
+# asker's last question (see answer_index), by position.
 _POP_ANSWER: Final = """
-local last = redis.call('LINDEX', KEYS[1], -1)
-if not last or cjson.decode(last)['role'] ~= 'assistant' then return false end
-redis.call('RPOP', KEYS[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return last
+local turns = redis.call('LRANGE', KEYS[1], 0, -1)
+local asker = ARGV[2]
+local function mine(turn)
+  return asker == '' or turn['asker'] == nil or tostring(turn['asker']) == asker
+end
+local question = nil
+for i = #turns, 1, -1 do
+  local turn = cjson.decode(turns[i])
+  if turn['role'] == 'user' and mine(turn) then question = i break end
+end
+if not question then return false end
+for i = #turns, question + 1, -1 do
+  local turn = cjson.decode(turns[i])
+  if turn['role'] == 'assistant' and mine(turn) then
+    redis.call('LSET', KEYS[1], i - 1, '__removed__')
+    redis.call('LREM', KEYS[1], 1, '__removed__')
+    if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+    return turns[i]
+  end
+end
+return false
 """
 
 
@@ -126,34 +155,69 @@ class RedisHistoryStore:
         self._append = redis.register_script(_APPEND)
         self._pop_answer = redis.register_script(_POP_ANSWER)
 
-    async def load(self, conversation: ConversationKey) -> list[Message]:
+    async def load(self, conversation: ConversationKey) -> list[Turn]:
         raw: Sequence[bytes | str] = await self._redis.lrange(
             self._keys.history(conversation), 0, -1
         )
         return [_decode(item) for item in raw]
 
-    async def append(self, conversation: ConversationKey, *messages: Message) -> None:
+    async def append(self, conversation: ConversationKey, *messages: Turn) -> None:
         encoded = [_encode(m) for m in messages]
         await self._append(
             keys=[self._keys.history(conversation)], args=[self._max, self._ttl, *encoded]
         )
 
-    async def pop_answer(self, conversation: ConversationKey) -> Message | None:
-        raw = await self._pop_answer(keys=[self._keys.history(conversation)], args=[self._ttl])
+    async def pop_answer(
+        self, conversation: ConversationKey, asker: int | None = None
+    ) -> Turn | None:
+        raw = await self._pop_answer(
+            keys=[self._keys.history(conversation)],
+            args=[self._ttl, "" if asker is None else asker],
+        )
         return _decode(raw) if raw else None
 
     async def clear(self, conversation: ConversationKey) -> None:
         await self._redis.delete(self._keys.history(conversation))
 
 
-def _copy(message: Message) -> Message:
-    return Message(role=message["role"], content=message["content"])
+def answer_index(turns: Sequence[Turn], asker: int | None) -> int | None:
+    """Where the answer to ``asker``'s last question is (after that question), if
+    anywhere. Turns without an asker (history from before askers were kept) count as
+    anyone's."""
+
+    def mine(turn: Turn) -> bool:
+        return asker is None or turn.get("asker", asker) == asker
+
+    question = next(
+        (i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "user" and mine(turns[i])),
+        None,
+    )
+    if question is None:
+        return None
+    return next(
+        (
+            i
+            for i in range(len(turns) - 1, question, -1)
+            if turns[i]["role"] == "assistant" and mine(turns[i])
+        ),
+        None,
+    )
 
 
-def _encode(message: Message) -> str:
-    return json.dumps({"role": message["role"], "content": message["content"]}, ensure_ascii=False)
+def _copy(message: Turn) -> Turn:
+    turn = Turn(role=message["role"], content=message["content"])
+    if "asker" in message:
+        turn["asker"] = message["asker"]
+    return turn
 
 
-def _decode(raw: bytes | str) -> Message:
+def _encode(message: Turn) -> str:
+    return json.dumps(_copy(message), ensure_ascii=False)
+
+
+def _decode(raw: bytes | str) -> Turn:
     data = json.loads(raw)
-    return Message(role=str(data["role"]), content=str(data["content"]))
+    turn = Turn(role=str(data["role"]), content=str(data["content"]))
+    if isinstance(data.get("asker"), int):
+        turn["asker"] = data["asker"]
+    return turn

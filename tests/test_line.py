@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.queue import Line, LineDroppedError, Ticket
+from bot.conversation.line import Line, LineDroppedError, Ticket
 
 TIMEOUT = 2.0
 
@@ -329,4 +329,51 @@ async def test_many_rounds_leave_no_state_behind() -> None:
         await asyncio.gather(*(work((i % 3, None if i % 2 else 1), i) for i in range(60)))
     assert results
     assert not any(line.busy((k, t)) for k in range(3) for t in (None, 1))
-    assert line._lines == {}
+    assert line._queues == {}
+
+
+# --- several askers in one conversation (groups) ---------------------------------------------
+
+
+async def test_different_senders_run_at_once_up_to_the_cap() -> None:
+    line: Line[str] = Line(max_waiting=10, max_running=2)
+    ann, bob, cid = line.enter("g", "ann"), line.enter("g", "bob"), line.enter("g", "cid")
+    assert ann is not None
+    assert bob is not None
+    assert cid is not None
+    async with asyncio.timeout(TIMEOUT), ann, bob:
+        assert line.running("g") == 2
+        assert line.waiting("g") == 1  # Cid waits for a free place
+    async with asyncio.timeout(TIMEOUT), cid:
+        assert line.running("g") == 1
+
+
+async def test_a_follow_up_waits_behind_its_senders_answer_others_go_ahead() -> None:
+    line: Line[str] = Line(max_waiting=10, max_running=5)
+    log: list[str] = []
+    first = Holder("ann-1", enter_as(line, "ann"), log)
+    follow_up = Holder("ann-2", enter_as(line, "ann"), log)
+    bob = Holder("bob-1", enter_as(line, "bob"), log)
+    async with asyncio.timeout(TIMEOUT):
+        await bob.started.wait()  # Bob goes ahead of Ann's follow-up
+        await settle()
+        assert not follow_up.started.is_set()
+        await first.finish()
+        await follow_up.finish()
+        await bob.finish()
+    assert log.index("end ann-1") < log.index("start ann-2")
+
+
+async def test_at_most_ten_wait_in_a_group() -> None:
+    line: Line[str] = Line(max_waiting=10, max_running=1)
+    running = line.enter("g", 0)
+    waiting = [line.enter("g", i) for i in range(1, 11)]
+    assert running is not None
+    assert None not in waiting
+    assert line.enter("g", 99) is None
+
+
+def enter_as(line: Line[str], sender: str) -> Ticket[str]:
+    ticket = line.enter("c", sender)
+    assert ticket is not None
+    return ticket
