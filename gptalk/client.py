@@ -15,7 +15,7 @@ from typing import Any, Final, Self
 import aiohttp
 
 from ._stream import DONE, DeltaDecoder, LineSplitter, parse_data_line
-from .auth import LoginResult, MemoryTokenStore, TokenStore
+from .auth import LoginResult, MemoryTokenStore, RedisTokenStore, TokenStore
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -224,11 +224,20 @@ class GPTalkClient:
         )
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        if (
+            isinstance(token_store, RedisTokenStore)
+            and token_store.login_timeout < connect_timeout + read_timeout
+        ):
+            log.warning(
+                "the Redis token store was built for shorter GPTalk timeouts: it cuts logins "
+                "off after %g s (pass connect_timeout/read_timeout to RedisTokenStore)",
+                token_store.login_timeout,
+            )
         self._max_connections = max_connections
         self._on_login = on_login
         self._session: aiohttp.ClientSession | None = None
         # Login and submit answer with a few bytes, so they get a total bound too
-        # (the Redis login lock must outlive a login); the stream gets none.
+        # (the Redis login lock outlives connect + read timeout); the stream gets none.
         self._request_timeout = aiohttp.ClientTimeout(
             total=connect_timeout + read_timeout,
             sock_connect=connect_timeout,
