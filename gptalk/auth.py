@@ -147,8 +147,12 @@ class _Waiters:
     def fail(self, exc: BaseException) -> None:
         while self.queue:
             future = self.queue.popleft().future
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(exc, Exception):
                 future.set_exception(exc)
+            else:  # the server task itself was cancelled (e.g. the loop is closing)
+                future.cancel()
 
 
 class _BatchingStore:
