@@ -131,7 +131,9 @@ class StreamDecoder:
     def __init__(self) -> None:
         self.length = 0
         """Characters of the cumulative content so far."""
-        self._prefix = b""  # bytes the next line must start with to take the shortcut
+        # The bytes the next line must start with to take the shortcut: a view of the
+        # previous line, not a copy (a copy per line would cost as much as the compare).
+        self._prefix: bytes | memoryview = b""
         self._prefix_chars = 0  # characters of content that _prefix holds
 
     def feed(self, raw: bytes) -> str | object | None:
@@ -166,7 +168,7 @@ class StreamDecoder:
         if new and "\ud800" <= new[-1] <= "\udbff":
             end, chars = end - _ESCAPE_LEN, chars - 1
         if not (known_chars and end == len(self._prefix)):  # else: the same bytes
-            self._prefix = raw[:end]
+            self._prefix = memoryview(raw)[:end]
         self._prefix_chars = chars
 
 
