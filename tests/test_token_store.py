@@ -69,7 +69,7 @@ async def make_store(
     if request.param == "memory":
         yield lambda clock: MemoryTokenStore(clock=clock)
     else:
-        yield lambda clock: RedisTokenStore(redis, prefix="t", clock=clock, poll_interval=0.005)
+        yield lambda clock: RedisTokenStore(redis, prefix="t", clock=clock)
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ async def test_redis_store_works_with_a_decoding_client(redis_url: str, clock: C
 async def test_processes_sharing_redis_share_the_token(redis: aioredis.Redis, clock: Clock) -> None:
     # Two stores = two processes' worth of state (each its own single flight).
     login = Logins(clock, delay=0.02)
-    stores = [RedisTokenStore(redis, prefix="s", clock=clock, poll_interval=0.005) for _ in "ab"]
+    stores = [RedisTokenStore(redis, prefix="s", clock=clock) for _ in "ab"]
     tokens = await asyncio.gather(*(stores[i % 2].acquire(login, max_uses=5) for i in range(100)))
     assert login.calls == 20
     assert set(Counter(tokens).values()) == {5}
@@ -224,7 +224,7 @@ async def test_waiters_wait_for_a_crashed_holders_lock_to_expire(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
     await redis.set("c:auth:lock", "crashed-process", px=300)
-    store = RedisTokenStore(redis, prefix="c", clock=clock, poll_interval=0.01)
+    store = RedisTokenStore(redis, prefix="c", clock=clock)
     login = Logins(clock)
     assert await store.acquire(login, max_uses=5) == "tok-1"
     assert login.calls == 1
@@ -234,7 +234,7 @@ async def test_waiting_for_a_lock_gives_up_after_wait_timeout(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
     await redis.set("w:auth:lock", "slow-process", px=60_000)
-    store = RedisTokenStore(redis, prefix="w", clock=clock, wait_timeout=0.2, poll_interval=0.01)
+    store = RedisTokenStore(redis, prefix="w", clock=clock, wait_timeout=0.2)
     login = Logins(clock)
     with pytest.raises(APITimeoutError):
         await store.acquire(login, max_uses=5)
