@@ -4,8 +4,10 @@ Part 1, pure parsing (no I/O): an answer of 1k, 10k, 100k characters is encoded 
 real protocol sends it — ``data: {"content": "<the whole text so far>"}`` lines, each
 ``step`` characters longer than the previous one, then ``data: [DONE]`` — and fed in
 64 KiB chunks through ``LineSplitter`` → ``parse_data_line`` → ``DeltaDecoder``, exactly
-the loop of ``GPTalkClient._read_stream``. Reported: wire bytes, MB/s of wire bytes, ms
-per answer (median), and the time split between the three stages.
+the loop ``GPTalkClient._read_stream`` had before ``StreamDecoder``, and through
+``LineSplitter`` → ``StreamDecoder`` (the loop it has now, decoding only what each line
+adds). Reported: wire bytes, MB/s of wire bytes, ms per answer (median) for both, and
+the time split between the three stages of the full parse.
 
 Part 2, end to end: ``GPTalkClient.stream`` against a ``FakeGPTalk`` (delay 0) running in
 a child process on loopback, for a 100k answer in 10k-character steps (and finer steps):
@@ -37,7 +39,7 @@ from bench._common import (
     table,
 )
 from gptalk import GPTalkClient
-from gptalk._stream import DONE, DeltaDecoder, LineSplitter, parse_data_line
+from gptalk._stream import DONE, DeltaDecoder, LineSplitter, StreamDecoder, parse_data_line
 
 CHUNK = 64 * 1024
 MB = 1_000_000
@@ -76,7 +78,8 @@ def split_and_parse(chunks: Sequence[bytes]) -> int:
 
 
 def full_path(chunks: Sequence[bytes]) -> str:
-    """What ``GPTalkClient._read_stream`` does with the chunks, minus the network."""
+    """What ``GPTalkClient._read_stream`` did with the chunks before ``StreamDecoder``,
+    minus the network: every line decoded in full."""
     splitter, decoder = LineSplitter(), DeltaDecoder()
     received: list[str] = []
     for chunk in chunks:
@@ -86,6 +89,20 @@ def full_path(chunks: Sequence[bytes]) -> str:
                 return "".join(received)
             if isinstance(item, str) and (delta := decoder.delta(item)):
                 received.append(delta)
+    raise AssertionError("no [DONE]")
+
+
+def incremental_path(chunks: Sequence[bytes]) -> str:
+    """What ``GPTalkClient._read_stream`` does with the chunks now, minus the network."""
+    splitter, decoder = LineSplitter(), StreamDecoder()
+    received: list[str] = []
+    for chunk in chunks:
+        for line in splitter.feed(chunk):
+            item = decoder.feed(line)
+            if item is DONE:
+                return "".join(received)
+            if isinstance(item, str) and item:
+                received.append(item)
     raise AssertionError("no [DONE]")
 
 
@@ -99,6 +116,7 @@ class ParseRow:
     parse_s: float
     full_s: float
     full_wall_s: float
+    incremental_s: float
 
     def cells(self) -> list[object]:
         return [
@@ -107,6 +125,8 @@ class ParseRow:
             f"{self.lines:,}",
             f"{self.wire_bytes / MB:,.2f}",
             f"{self.full_s * 1000:,.2f}",
+            f"{self.incremental_s * 1000:,.2f}",
+            f"{self.full_s / self.incremental_s:,.1f}",
             f"{self.wire_bytes / MB / self.full_s:,.0f}",
             f"{self.full_wall_s * 1000:,.2f}",
             f"{self.split_s * 1000:,.2f}",
@@ -120,8 +140,10 @@ PARSE_HEADERS = [
     "step",
     "data lines",
     "wire MB",
-    "ms/answer",
-    "MB/s (wire)",
+    "full parse CPU ms/answer",
+    "StreamDecoder CPU ms/answer",
+    "× less CPU",
+    "MB/s (wire, full parse)",
     "wall ms/answer",
     "split ms",
     "+parse ms",
@@ -133,14 +155,23 @@ def bench_parsing(chars: int, step: int, min_time: float) -> ParseRow:
     text = markdown_answer(chars)
     wire = wire_for(text, step)
     chunks = chunked(wire)
-    if full_path(chunks) != text:
+    if full_path(chunks) != text or incremental_path(chunks) != text:
         raise AssertionError(f"parsing lost text ({chars}, {step})")
     lines = split_and_parse(chunks)  # data lines, [DONE] included
     split_s = repeat(lambda: split_only(chunks), min_time=min_time).cpu_median
     parse_s = repeat(lambda: split_and_parse(chunks), min_time=min_time).cpu_median
     full = repeat(lambda: full_path(chunks), min_time=min_time)
+    incremental_s = repeat(lambda: incremental_path(chunks), min_time=min_time).cpu_median
     return ParseRow(
-        chars, step, lines, len(wire), split_s, parse_s, full.cpu_median, full.wall_median
+        chars,
+        step,
+        lines,
+        len(wire),
+        split_s,
+        parse_s,
+        full.cpu_median,
+        full.wall_median,
+        incremental_s,
     )
 
 

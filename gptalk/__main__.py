@@ -80,7 +80,12 @@ async def _run(args: argparse.Namespace, prompt: str, out: TextIO) -> None:
     store: TokenStore | None = None
     if args.redis_url:
         redis = Redis.from_url(args.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        store = RedisTokenStore(redis, prefix=args.redis_prefix)
+        store = RedisTokenStore(
+            redis,
+            prefix=args.redis_prefix,
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.read_timeout,
+        )
     try:
         async with (
             GPTalkClient(

@@ -6,7 +6,7 @@ counted, so concurrent requests can never push the count past the limit (the
 original provider's bug: two requests reading ``used_times == 4`` both used the
 token, the count went to 6, and ``== 5`` never fired again).
 
-Two stores share one algorithm (:class:`_SingleFlightStore`):
+Two stores share one algorithm (:class:`_BatchingStore`):
 
 * :class:`MemoryTokenStore` keeps the token in process memory.
 * :class:`RedisTokenStore` keeps it in Redis so that every process shares one
@@ -17,10 +17,12 @@ Two stores share one algorithm (:class:`_SingleFlightStore`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
@@ -104,60 +106,106 @@ class TokenStore(Protocol):
         ...
 
 
-class _SingleFlightStore:
-    """The acquire algorithm, over three storage primitives.
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[str]
+    login: LoginFn
+    max_uses: int
 
-    When no use can be reserved, one *flight* per process (an asyncio task) obtains
-    a fresh token, and every coroutine that needs one awaits that same flight: a
-    failing login fails them all at once instead of being retried by each in turn.
-    After the flight, each waiter reserves a use of the fresh token specifically,
-    ignoring expiry (a token issued a moment ago is as fresh as it gets, even when
-    the clocks disagree), so the loop always makes progress.
+
+class _Waiters:
+    """The coroutines of one event loop waiting for a token, in arrival order, and the
+    one task that serves them."""
+
+    def __init__(self) -> None:
+        self.queue: deque[_Waiter] = deque()
+        self.server: asyncio.Task[None] | None = None
+        self.waiting_since: float | None = None  # waiting for another process's login
+
+    def head(self) -> _Waiter | None:
+        while self.queue and self.queue[0].future.done():  # cancelled meanwhile
+            self.queue.popleft()
+        return self.queue[0] if self.queue else None
+
+    def wanted(self, limit: int) -> int:
+        """How many uses to reserve: one per live waiter, at most ``limit``."""
+        count = 0
+        for waiter in self.queue:
+            if not waiter.future.done():
+                count += 1
+                if count == limit:
+                    break
+        return count
+
+    def hand_out(self, token: str, uses: int) -> None:
+        while uses and self.queue:
+            future = self.queue.popleft().future
+            if not future.done():  # a use reserved for a waiter cancelled since stays spent
+                future.set_result(token)
+            uses -= 1
+
+    def fail(self, exc: BaseException) -> None:
+        while self.queue:
+            future = self.queue.popleft().future
+            if future.done():
+                continue
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+            else:  # the server task itself was cancelled (e.g. the loop is closing)
+                future.cancel()
+
+
+class _BatchingStore:
+    """The acquire algorithm shared by both stores.
+
+    Every ``acquire`` joins its event loop's FIFO of waiters; one task per loop serves
+    that FIFO, reserving as many uses as there are waiters (up to ``max_uses``) in one
+    storage call and handing them out in arrival order. When none are left it obtains
+    a fresh token (one login at a time), reserving the uses for the waiters in the same
+    step as it stores the token. So N concurrent requests cost O(N / max_uses) storage
+    calls, and a failing login fails every waiter at once instead of being retried by
+    each in turn.
     """
 
     def __init__(self) -> None:
-        self._flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[str]] = (
+        self._waiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiters] = (
             weakref.WeakKeyDictionary()
         )
 
     async def acquire(self, login: LoginFn, *, max_uses: int) -> str:
         if max_uses < 1:
             raise ValueError("max_uses must be at least 1")
-        token = await self._reserve(max_uses)
-        if token is not None:
-            return token
-        while True:
-            fresh = await asyncio.shield(self._flight(login, max_uses))
-            if await self._reserve(max_uses, expected=fresh) is not None:
-                return fresh
-            # Other requests took every use of the fresh token first: go round again
-            # (the next flight first looks for a token someone else obtained).
-
-    def _flight(self, login: LoginFn, max_uses: int) -> asyncio.Task[str]:
         # Keyed by event loop: a store may outlive one asyncio.run() (the seed API's
-        # class-level store does), and a task belongs to the loop that created it.
+        # class-level store does), and futures and tasks belong to one loop.
         loop = asyncio.get_running_loop()
-        flight = self._flights.get(loop)
-        if flight is None or flight.done():
-            flight = loop.create_task(self._obtain(login, max_uses))
-            flight.add_done_callback(_consume_exception)
-            self._flights[loop] = flight
-        return flight
+        waiters = self._waiters.get(loop)
+        if waiters is None:
+            waiters = self._waiters[loop] = _Waiters()
+        waiter = _Waiter(loop.create_future(), login, max_uses)
+        waiters.queue.append(waiter)
+        if waiters.server is None:
+            waiters.server = loop.create_task(self._serve(waiters))
+        # Cancelling this await cancels only our future; the server carries on for the others.
+        return await waiter.future
 
-    async def _reserve(self, max_uses: int, expected: str | None = None) -> str | None:
-        """Reserve one use of the current token (of ``expected``, ignoring expiry)."""
+    async def _serve(self, waiters: _Waiters) -> None:
+        try:
+            while (head := waiters.head()) is not None:
+                await self._serve_head(waiters, head)
+        except BaseException as exc:
+            waiters.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            # No await between the empty check and this: a waiter arriving later sees
+            # no server and starts one.
+            waiters.server = None
+            waiters.waiting_since = None
+
+    async def _serve_head(self, waiters: _Waiters, head: _Waiter) -> None:
+        """Hand out at least one use, or wait until one may be available; raise to fail
+        every waiter."""
         raise NotImplementedError
-
-    async def _obtain(self, login: LoginFn, max_uses: int) -> str:
-        """Make sure a usable token is stored, logging in if no one else has; return it."""
-        raise NotImplementedError
-
-
-def _consume_exception(task: asyncio.Task[str]) -> None:
-    # The waiters re-raise the flight's exception; retrieve it here too so that a
-    # flight nobody awaited any more does not log "exception was never retrieved".
-    if not task.cancelled():
-        task.exception()
 
 
 class AuthHolder(Protocol):
@@ -173,7 +221,7 @@ class _Holder:
         self.used_times = 0
 
 
-class MemoryTokenStore(_SingleFlightStore):
+class MemoryTokenStore(_BatchingStore):
     """A token store in process memory.
 
     The state lives on ``holder`` as ``_auth`` (the login's ``data`` object) and
@@ -191,36 +239,35 @@ class MemoryTokenStore(_SingleFlightStore):
         self._obtained_at: float | None = None
         self._max_uses = 0
 
-    def _usable(self, max_uses: int, expected: str | None = None) -> str | None:
+    def _uses_left(self, max_uses: int) -> tuple[str, int] | None:
         auth = self._holder._auth
         if not auth:
             return None
-        token = auth.get("token")
-        if not isinstance(token, str) or self._holder.used_times >= max_uses:
+        token, expires_at = auth.get("token"), auth.get("expires_at")
+        if not isinstance(token, str) or not isinstance(expires_at, int | float):
             return None
-        if expected is not None:
-            return token if token == expected else None
-        expires_at = auth.get("expires_at")
-        if not isinstance(expires_at, int | float) or expires_at < int(self._clock()):
+        if expires_at < int(self._clock()):
             return None
-        return token
+        left = max_uses - self._holder.used_times
+        return (token, left) if left > 0 else None
 
-    async def _reserve(self, max_uses: int, expected: str | None = None) -> str | None:
-        self._max_uses = max_uses
-        token = self._usable(max_uses, expected)
-        if token is not None:
-            self._holder.used_times += 1
-        return token
-
-    async def _obtain(self, login: LoginFn, max_uses: int) -> str:
-        token = self._usable(max_uses)
-        if token is not None:  # a flight that ended just before this one began stored it
-            return token
-        result = await login()
+    async def _serve_head(self, waiters: _Waiters, head: _Waiter) -> None:
+        self._max_uses = head.max_uses
+        usable = self._uses_left(head.max_uses)
+        if usable is not None:
+            token, left = usable
+            uses = min(left, waiters.wanted(head.max_uses))
+            self._holder.used_times += uses
+            waiters.hand_out(token, uses)
+            return
+        result = await head.login()
+        # The uses go to the waiters right away, whatever the token's expires_at says:
+        # a token issued a moment ago is as fresh as it gets, even when clocks disagree.
+        uses = waiters.wanted(head.max_uses)
         self._holder._auth = result.data
-        self._holder.used_times = 0
+        self._holder.used_times = uses
         self._obtained_at = self._clock()
-        return result.token
+        waiters.hand_out(result.token, uses)
 
     async def invalidate(self, token: str | None = None) -> bool:
         auth = self._holder._auth
@@ -245,23 +292,65 @@ class MemoryTokenStore(_SingleFlightStore):
         )
 
 
-# KEYS[1] = auth hash; ARGV = now, max_uses, expected token ("" = the current one).
-# The limit is the smaller of the caller's max_uses and the one stored at login,
-# so processes configured differently still never overuse a token.
-_RESERVE: Final = """
+# How much longer than the longest possible login the lock lives: the login is cut
+# off (APITimeoutError) after LOCK_MARGIN of it, the rest covers storing the token.
+LOCK_MARGIN: Final = 0.25
+LOCK_MIN_MARGIN: Final = 2.0
+
+_GRANTED: Final = 1  # reply: token, uses granted
+_LOCKED: Final = 2  # reply: nothing left; this caller now holds the login lock
+_HELD: Final = 3  # reply: nothing left; another process logs in (its id, lock pttl in ms)
+
+# KEYS = auth hash, lock; ARGV = now, max_uses, uses wanted, holder id, lock ttl in ms.
+# Reserves up to the wanted number of uses of the current, unexpired token; when none
+# are left, takes the login lock, or marks it (suffix ':w') so that its holder signals
+# when done. The limit is the smaller of the caller's max_uses and the one stored at
+# login, so processes configured differently still never overuse a token.
+_RESERVE_OR_LOCK: Final = """
 local v = redis.call('HMGET', KEYS[1], 'token', 'expires_at', 'uses', 'max_uses')
-if not v[1] then return false end
-if ARGV[3] ~= '' then
-  if v[1] ~= ARGV[3] then return false end
-elseif tonumber(v[2]) < tonumber(ARGV[1]) then
-  return false
+if v[1] and tonumber(v[2]) >= tonumber(ARGV[1]) then
+  local limit = tonumber(ARGV[2])
+  if v[4] and tonumber(v[4]) < limit then limit = tonumber(v[4]) end
+  local n = math.min(limit - tonumber(v[3] or '0'), tonumber(ARGV[3]))
+  if n > 0 then
+    redis.call('HINCRBY', KEYS[1], 'uses', n)
+    return {1, v[1], n}
+  end
 end
-local limit = tonumber(ARGV[2])
-if v[4] and tonumber(v[4]) < limit then limit = tonumber(v[4]) end
-if tonumber(v[3] or '0') >= limit then return false end
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'uses', 1) end
-return v[1]
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[5]) then return {2} end
+local holder = redis.call('GET', KEYS[2])
+local ttl = redis.call('PTTL', KEYS[2])
+if string.sub(holder, -2) == ':w' then
+  holder = string.sub(holder, 1, -3)
+elseif ttl > 0 then
+  redis.call('SET', KEYS[2], holder .. ':w', 'PX', ttl)
+end
+return {3, holder, ttl}
 """
+
+# KEYS = lock, done list of this holder; ARGV[1] = holder id, ARGV[2] = signal ttl in ms.
+# Only the holder may release the lock; if someone waits, one element in the done list
+# wakes them (BLMOVE rotates it, so it wakes every waiter, and it expires on its own).
+_RELEASE_LUA: Final = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[1] .. ':w' then redis.call('DEL', KEYS[1]) end
+if held == ARGV[1] .. ':w' then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+"""
+_RELEASE: Final = _RELEASE_LUA + "return 1\n"
+
+# KEYS = lock, done list, auth hash; ARGV[1..2] as _RELEASE, then token, expires_at,
+# uses already reserved, max_uses, obtained_at. Stores the fresh token and releases.
+_STORE: Final = (
+    """
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'token', ARGV[3], 'expires_at', ARGV[4], 'uses', ARGV[5],
+           'max_uses', ARGV[6], 'obtained_at', ARGV[7])
+"""
+    + _RELEASE
+)
 
 # KEYS[1] = auth hash; ARGV[1] = token ("" = whatever the current one is).
 _INVALIDATE: Final = """
@@ -269,21 +358,23 @@ if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS[1] = lock key; ARGV[1] = this holder's id. Only the holder may release it.
-_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
-
-class RedisTokenStore(_SingleFlightStore):
+class RedisTokenStore(_BatchingStore):
     """A token store in Redis, shared by every process that uses the same ``prefix``.
 
     Keys: ``{prefix}:auth`` (hash: ``token``, ``expires_at``, ``uses``, ``max_uses``,
-    ``obtained_at``) and ``{prefix}:auth:lock`` (held, with an expiry, by the one
-    process that is logging in). ``lock_timeout`` must exceed the time a login can
-    take: if a holder crashes, others wait for its lock to expire. Waiting for
-    another process's login gives up after ``wait_timeout`` seconds.
+    ``obtained_at``), ``{prefix}:auth:lock`` (held, with an expiry, by the one process
+    that is logging in) and, only while other processes wait for that login,
+    ``{prefix}:auth:done:{holder}`` (a list that wakes them; it expires). Needs Redis
+    6.2 or newer (``BLMOVE``).
+
+    ``connect_timeout`` and ``read_timeout`` are the GPTalk client's: a login takes at
+    most their sum, and the lock lives longer than that (plus a margin), so a slow
+    login never lets a second process log in too. The store cuts a login off before
+    its lock could expire. ``lock_timeout`` can only lengthen the lock. Waiting for
+    another process's login gives up after ``wait_timeout`` seconds (default: twice
+    the lock's lifetime). ``poll_interval`` is accepted for compatibility and ignored:
+    waiters block on a signal from the login's holder instead of polling.
 
     The Redis client is borrowed, not owned: closing it is the caller's job.
     """
@@ -293,22 +384,36 @@ class RedisTokenStore(_SingleFlightStore):
         redis: Redis,
         *,
         prefix: str = "gptalk",
-        lock_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        lock_timeout: float | None = None,
         wait_timeout: float | None = None,
-        poll_interval: float = 0.02,
+        poll_interval: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
+        del poll_interval
         self._redis = redis
         self.key = f"{prefix}:auth"
         self.lock_key = f"{prefix}:auth:lock"
-        self._lock_timeout = lock_timeout
-        self._wait_timeout = wait_timeout if wait_timeout is not None else 2 * lock_timeout
-        self._poll_interval = poll_interval
+        login_bound = connect_timeout + read_timeout
+        margin = max(LOCK_MIN_MARGIN, LOCK_MARGIN * login_bound)
+        self.login_timeout = login_bound + margin
+        """Seconds after which the store gives up on a login it started."""
+        self.lock_timeout = max(login_bound + 2 * margin, lock_timeout or 0.0)
+        """Lifetime of the login lock, in seconds."""
+        self._wait_timeout = wait_timeout if wait_timeout is not None else 2 * self.lock_timeout
+        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        # A blocking wait must end before the client's own socket timeout fires.
+        self._max_block = socket_timeout / 2 if socket_timeout else 60.0
         self._clock = clock
-        self._reserve_script = redis.register_script(_RESERVE)
-        self._invalidate_script = redis.register_script(_INVALIDATE)
+        self._reserve_script = redis.register_script(_RESERVE_OR_LOCK)
+        self._store_script = redis.register_script(_STORE)
         self._release_script = redis.register_script(_RELEASE)
+        self._invalidate_script = redis.register_script(_INVALIDATE)
+
+    def _done_key(self, holder: str) -> str:
+        return f"{self.key}:done:{holder}"
 
     async def acquire(self, login: LoginFn, *, max_uses: int) -> str:
         try:
@@ -316,58 +421,81 @@ class RedisTokenStore(_SingleFlightStore):
         except RedisError as exc:
             raise TokenStoreError(f"the token store (Redis) failed: {exc}") from exc
 
-    async def _check(self, max_uses: int, expected: str | None, *, take: bool) -> str | None:
-        result = await self._reserve_script(
-            keys=[self.key],
-            args=[int(self._clock()), max_uses, expected or "", "1" if take else "0"],
+    async def _serve_head(self, waiters: _Waiters, head: _Waiter) -> None:
+        max_uses = head.max_uses
+        holder = secrets.token_hex(8)
+        reply = await self._reserve_script(
+            keys=[self.key, self.lock_key],
+            args=[
+                int(self._clock()),
+                max_uses,
+                waiters.wanted(max_uses),
+                holder,
+                int(self.lock_timeout * 1000),
+            ],
         )
-        return _text(result) if result else None
+        kind = int(reply[0])
+        if kind == _GRANTED:
+            waiters.waiting_since = None
+            waiters.hand_out(_text(reply[1]), int(reply[2]))
+        elif kind == _LOCKED:
+            waiters.waiting_since = None
+            await self._login_holding_lock(waiters, head, holder)
+        else:
+            await self._wait_for(waiters, _text(reply[1]), int(reply[2]))
 
-    async def _reserve(self, max_uses: int, expected: str | None = None) -> str | None:
-        return await self._check(max_uses, expected, take=True)
-
-    async def _obtain(self, login: LoginFn, max_uses: int) -> str:
-        deadline = time.monotonic() + self._wait_timeout
-        while True:
-            holder_id = secrets.token_hex(8)
-            locked = await self._redis.set(
-                self.lock_key, holder_id, nx=True, px=int(self._lock_timeout * 1000)
-            )
-            if locked:
-                try:
-                    # Another process may have logged in between our failed
-                    # reservation and taking the lock.
-                    current = await self._check(max_uses, None, take=False)
-                    if current is not None:
-                        return current
-                    result = await login()
-                    await self._store(result, max_uses)
-                    return result.token
-                finally:
-                    await self._release_script(keys=[self.lock_key], args=[holder_id])
-            await asyncio.sleep(self._poll_interval)
-            current = await self._check(max_uses, None, take=False)
-            if current is not None:
-                return current
-            if time.monotonic() > deadline:
+    async def _login_holding_lock(self, waiters: _Waiters, head: _Waiter, holder: str) -> None:
+        keys = [self.lock_key, self._done_key(holder)]
+        signal_ttl = int(self.lock_timeout * 1000)
+        try:
+            try:
+                async with asyncio.timeout(self.login_timeout):
+                    result = await head.login()
+            except TimeoutError:
                 raise APITimeoutError(
-                    "timed out waiting for another process to log in to GPTalk", endpoint="login"
-                )
-
-    async def _store(self, result: LoginResult, max_uses: int) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.key)
-            pipe.hset(
-                self.key,
-                mapping={
-                    "token": result.token,
-                    "expires_at": result.expires_at,
-                    "uses": 0,
-                    "max_uses": max_uses,
-                    "obtained_at": repr(self._clock()),
-                },
+                    f"GPTalk login took longer than {self.login_timeout:g} s", endpoint="login"
+                ) from None
+            uses = waiters.wanted(head.max_uses)
+            await self._store_script(
+                keys=[*keys, self.key],
+                args=[
+                    holder,
+                    signal_ttl,
+                    result.token,
+                    result.expires_at,
+                    uses,
+                    head.max_uses,
+                    repr(self._clock()),
+                ],
             )
-            await pipe.execute()
+        except BaseException:
+            # Let the next process try at once instead of after the lock's expiry.
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(self._release_script(keys=keys, args=[holder, signal_ttl]))
+            raise
+        # Uses go to the waiters even if the token looks expired by our clock: a token
+        # issued a moment ago is as fresh as it gets.
+        waiters.hand_out(result.token, uses)
+
+    async def _wait_for(self, waiters: _Waiters, holder: str, lock_ttl_ms: int) -> None:
+        now = time.monotonic()
+        if waiters.waiting_since is None:
+            waiters.waiting_since = now
+        remaining = waiters.waiting_since + self._wait_timeout - now
+        if remaining <= 0:
+            raise APITimeoutError(
+                "timed out waiting for another process to log in to GPTalk", endpoint="login"
+            )
+        # Until the holder signals, or its lock expires (it crashed), whichever first.
+        block = min(remaining, self._max_block)
+        if lock_ttl_ms > 0:
+            block = min(block, lock_ttl_ms / 1000 + 0.01)
+        done = self._done_key(holder)
+        # BLMOVE from a list to itself: wakes on the holder's signal and leaves it there
+        # for the other processes waiting on the same login. A timeout of 0 would block
+        # forever, hence the floor.
+        timeout = cast(int, round(max(block, 0.01), 3))  # redis-py types it int; Redis takes s.ms
+        await self._redis.blmove(done, done, timeout, "LEFT", "RIGHT")
 
     async def invalidate(self, token: str | None = None) -> bool:
         try:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeGuard
 
 import aiohttp
 
-from ._stream import DONE, DeltaDecoder, LineSplitter, parse_data_line
-from .auth import LoginResult, MemoryTokenStore, TokenStore
+from ._stream import DONE, LineSplitter, StreamDecoder, parse_data_line
+from .auth import LoginResult, MemoryTokenStore, RedisTokenStore, TokenStore
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -224,11 +225,20 @@ class GPTalkClient:
         )
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        if (
+            isinstance(token_store, RedisTokenStore)
+            and token_store.login_timeout < connect_timeout + read_timeout
+        ):
+            log.warning(
+                "the Redis token store was built for shorter GPTalk timeouts: it cuts logins "
+                "off after %g s (pass connect_timeout/read_timeout to RedisTokenStore)",
+                token_store.login_timeout,
+            )
         self._max_connections = max_connections
         self._on_login = on_login
         self._session: aiohttp.ClientSession | None = None
         # Login and submit answer with a few bytes, so they get a total bound too
-        # (the Redis login lock must outlive a login); the stream gets none.
+        # (the Redis login lock outlives connect + read timeout); the stream gets none.
         self._request_timeout = aiohttp.ClientTimeout(
             total=connect_timeout + read_timeout,
             sock_connect=connect_timeout,
@@ -326,7 +336,7 @@ class GPTalkClient:
         self._check_status(status, text, "login")
         data = self._json_data(text, "login") or {}
         token, expires_at = data.get("token"), data.get("expires_at")
-        if not isinstance(token, str) or not token or not isinstance(expires_at, int | float):
+        if not isinstance(token, str) or not token or not _is_timestamp(expires_at):
             raise ProtocolError(
                 "GPTalk login answer lacks data.token or data.expires_at",
                 excerpt=excerpt(_redact(text)),
@@ -418,7 +428,7 @@ class GPTalkClient:
     async def _read_stream(
         self, stream_token: str, headers: dict[str, str]
     ) -> AsyncGenerator[str, None]:
-        splitter, decoder = LineSplitter(), DeltaDecoder()
+        splitter, decoder = LineSplitter(), StreamDecoder()
         received: list[str] = []
         loop = asyncio.get_running_loop()
         try:
@@ -441,14 +451,14 @@ class GPTalkClient:
                     if not chunk:
                         break
                     for line in splitter.feed(chunk):
-                        item = parse_data_line(line)
+                        item = decoder.feed(line)
                         if item is DONE:
                             return
-                        if isinstance(item, str):
+                        if isinstance(item, str):  # a data line, even one adding nothing
                             deadline = loop.time() + self.read_timeout
-                            if delta := decoder.delta(item):
-                                received.append(delta)
-                                yield delta
+                            if item:
+                                received.append(item)
+                                yield item
                 tail = splitter.flush()
                 if tail is not None and parse_data_line(tail) is DONE:
                     return
@@ -462,6 +472,12 @@ class GPTalkClient:
         raise transport_error or StreamInterruptedError(
             "the GPTalk stream ended before [DONE]", received="".join(received)
         )
+
+
+def _is_timestamp(value: object) -> TypeGuard[int | float]:
+    # JSON's Infinity, NaN and 1e400 parse to floats that int() cannot take; a bool
+    # is an int to isinstance, but no timestamp.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _transport_error(

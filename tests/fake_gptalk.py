@@ -98,6 +98,7 @@ class Fault:
 
     status: int | None = None  # answer this HTTP status instead of the normal answer
     no_data: bool = False  # login/submit: HTTP 200 JSON without "data" (like a spent token)
+    body: str | None = None  # login/submit: HTTP 200 with this raw body (e.g. odd JSON)
     stall: float = 0.0  # sleep this long before answering (stream: before data line `after`)
     cut_after: int | None = None  # stream: abort the TCP connection after N data lines
     end_after: int | None = None  # stream: end cleanly (chunked terminator) after N, no [DONE]
@@ -304,6 +305,8 @@ class FakeGPTalk:
                 return self._status_response(fault.status)
             if fault.no_data:
                 return web.json_response({"code": 10002, "message": "login refused"})
+            if fault.body is not None:
+                return web.Response(text=fault.body, content_type="application/json")
         if self.login_delay > 0:
             await asyncio.sleep(self.login_delay)
         if (
@@ -343,6 +346,8 @@ class FakeGPTalk:
                 return self._status_response(fault.status)
             if fault.no_data:
                 return web.json_response({"code": 10001, "message": "quota exhausted"})
+            if fault.body is not None:
+                return web.Response(text=fault.body, content_type="application/json")
         # everything below runs without awaiting: the use count cannot race
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")

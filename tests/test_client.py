@@ -694,6 +694,25 @@ async def test_login_without_data_raises_protocol_error(fake_gptalk: FakeGPTalk)
     assert fake_gptalk.requests_to("submit") == []
 
 
+@pytest.mark.parametrize(
+    "expires_at",
+    ['"soon"', "Infinity", "-Infinity", "NaN", "1e400", "true", "null"],
+)
+async def test_odd_login_expiry_raises_protocol_error(
+    fake_gptalk: FakeGPTalk, expires_at: str
+) -> None:
+    # Python's json turns Infinity, NaN and 1e400 into floats int() cannot convert.
+    fake_gptalk.fail("login", body=f'{{"data": {{"token": "t0k", "expires_at": {expires_at}}}}}')
+    async with client_for(fake_gptalk) as client:
+        _, exc = await expect_error(client, ProtocolError)
+    assert exc.endpoint == "login"
+    assert "t0k" not in str(exc)
+    assert "t0k" not in exc.excerpt
+    assert fake_gptalk.requests_to("submit") == []
+    async with client_for(fake_gptalk) as client:  # the next request logs in normally
+        assert await client.complete(MESSAGES) == DEFAULT_ANSWER
+
+
 @pytest.mark.parametrize("endpoint", ["login", "submit", "stream"])
 async def test_stall_raises_timeout(fake_gptalk: FakeGPTalk, endpoint: Any) -> None:
     fake_gptalk.fail(endpoint, stall=STALL)
@@ -763,6 +782,21 @@ async def test_malformed_line_raises_protocol_error(fake_gptalk: FakeGPTalk) -> 
     assert exc.endpoint == "stream"
     assert "data: {not json" in exc.excerpt
     assert "".join(deltas) == DEFAULT_ANSWER[:8]
+
+
+async def test_malformed_line_text_stays_out_of_the_error_message(
+    fake_gptalk: FakeGPTalk, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stream line may hold (part of) a private answer: it is kept on the exception for
+    # debugging, but str(exc), what gets logged, does not show it.
+    fake_gptalk.fail("stream", malformed_after=1)
+    async with client_for(fake_gptalk) as client:
+        _, exc = await expect_error(client, ProtocolError)
+    logging.getLogger("test").error("answer failed", exc_info=exc)
+    assert "not json" in exc.excerpt
+    assert "not json" not in str(exc)
+    assert "not json" not in repr(exc)
+    assert "not json" not in caplog.text
 
 
 async def test_connection_refused(fake_gptalk: FakeGPTalk) -> None:

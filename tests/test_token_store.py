@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from gptalk import (
     APITimeoutError,
+    GPTalkClient,
     LoginResult,
     MemoryTokenStore,
     RedisTokenStore,
@@ -68,7 +69,7 @@ async def make_store(
     if request.param == "memory":
         yield lambda clock: MemoryTokenStore(clock=clock)
     else:
-        yield lambda clock: RedisTokenStore(redis, prefix="t", clock=clock, poll_interval=0.005)
+        yield lambda clock: RedisTokenStore(redis, prefix="t", clock=clock)
 
 
 @pytest.fixture
@@ -203,7 +204,7 @@ async def test_redis_store_works_with_a_decoding_client(redis_url: str, clock: C
 async def test_processes_sharing_redis_share_the_token(redis: aioredis.Redis, clock: Clock) -> None:
     # Two stores = two processes' worth of state (each its own single flight).
     login = Logins(clock, delay=0.02)
-    stores = [RedisTokenStore(redis, prefix="s", clock=clock, poll_interval=0.005) for _ in "ab"]
+    stores = [RedisTokenStore(redis, prefix="s", clock=clock) for _ in "ab"]
     tokens = await asyncio.gather(*(stores[i % 2].acquire(login, max_uses=5) for i in range(100)))
     assert login.calls == 20
     assert set(Counter(tokens).values()) == {5}
@@ -223,7 +224,7 @@ async def test_waiters_wait_for_a_crashed_holders_lock_to_expire(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
     await redis.set("c:auth:lock", "crashed-process", px=300)
-    store = RedisTokenStore(redis, prefix="c", clock=clock, poll_interval=0.01)
+    store = RedisTokenStore(redis, prefix="c", clock=clock)
     login = Logins(clock)
     assert await store.acquire(login, max_uses=5) == "tok-1"
     assert login.calls == 1
@@ -233,7 +234,7 @@ async def test_waiting_for_a_lock_gives_up_after_wait_timeout(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
     await redis.set("w:auth:lock", "slow-process", px=60_000)
-    store = RedisTokenStore(redis, prefix="w", clock=clock, wait_timeout=0.2, poll_interval=0.01)
+    store = RedisTokenStore(redis, prefix="w", clock=clock, wait_timeout=0.2)
     login = Logins(clock)
     with pytest.raises(APITimeoutError):
         await store.acquire(login, max_uses=5)
@@ -317,3 +318,122 @@ async def test_login_count_across_processes(
     assert fake_gptalk.unauthorized == 0
     assert max(fake_gptalk.token_uses.values()) == 5
     print(f"{processes} processes x {requests} requests: {fake_gptalk.logins} logins")
+
+
+# --- cost and fairness of a burst (issue 13) ---------------------------------------------
+
+
+async def redis_commands(redis: aioredis.Redis) -> Counter[str]:
+    """Commands executed since the last call (INFO commandstats, then CONFIG RESETSTAT)."""
+    stats = await redis.info("commandstats")
+    await redis.config_resetstat()
+    counts = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+    for bookkeeping in ("info", "config|resetstat", "config", "flushall", "ping"):
+        counts.pop(bookkeeping, None)
+    return counts
+
+
+@pytest.mark.parametrize("stores", [1, 2])
+async def test_a_burst_costs_a_linear_number_of_redis_commands(
+    redis: aioredis.Redis, clock: Clock, stores: int
+) -> None:
+    # 300 simultaneous requests: the old per-waiter retries made ~N²/10 = 9,000 EVALSHA.
+    login = Logins(clock, delay=0.002)
+    shared = [RedisTokenStore(redis, prefix="b", clock=clock) for _ in range(stores)]
+    await redis_commands(redis)
+    tokens = await asyncio.gather(
+        *(shared[i % stores].acquire(login, max_uses=5) for i in range(300))
+    )
+    commands = await redis_commands(redis)
+    assert login.calls == 60
+    assert set(Counter(tokens).values()) == {5}
+    # Round trips per login: one reservation that finds nothing left (and takes the
+    # lock), one that stores the token; a process waiting for another's login adds a
+    # blocking wait and a reservation.
+    round_trips = commands["evalsha"] + commands["blmove"]
+    assert round_trips <= 60 * (2 + 3 * (stores - 1)) + 10, commands
+    assert sum(commands.values()) <= 8 * round_trips, commands  # incl. those in Lua
+
+
+async def test_waiters_of_a_process_are_served_in_arrival_order(
+    make_store: StoreFactory, clock: Clock
+) -> None:
+    store, login = make_store(clock), Logins(clock)
+    served: list[int] = []
+
+    async def one(i: int) -> str:
+        token = await store.acquire(login, max_uses=5)
+        served.append(i)
+        return token
+
+    tokens = await asyncio.gather(*(one(i) for i in range(23)))
+    assert served == list(range(23))
+    assert tokens == [f"tok-{1 + i // 5}" for i in range(23)]
+
+
+async def test_a_process_waiting_for_another_ones_login_does_not_poll(
+    redis: aioredis.Redis, clock: Clock
+) -> None:
+    login, started = Logins(clock, delay=1.0), asyncio.Event()
+
+    async def slow_login() -> LoginResult:
+        started.set()
+        return await login()
+
+    first, second = (RedisTokenStore(redis, prefix="p", clock=clock) for _ in "ab")
+    await redis_commands(redis)
+    logging_in = asyncio.create_task(first.acquire(slow_login, max_uses=5))
+    await started.wait()
+    assert await second.acquire(login, max_uses=5) == await logging_in == "tok-1"
+    commands = await redis_commands(redis)
+    assert login.calls == 1
+    # first: reserve-or-lock, store; second: reserve (lock held), one blocking wait
+    # woken by the store, reserve. Polling every 20 ms made ~50 for a 1-s login.
+    assert commands["evalsha"] <= 4, commands
+    assert commands["blmove"] == 1, commands
+
+
+# --- the login lock outlives the longest login (issue 9) ----------------------------------
+
+
+async def test_a_slow_login_never_lets_a_second_process_log_in(
+    fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    # Each client's login may take connect + read timeout = 70 s. The lock must live at
+    # least that long: a fixed 30-s lock let a 31-s login be joined by a second one.
+    fake_gptalk.login_delay = 0.5
+    lock_ttls: list[int] = []
+
+    async def on_login() -> None:  # the login's answer is in, the lock still held
+        lock_ttls.append(await redis.pttl("slow:auth:lock"))
+
+    clients = [
+        GPTalkClient(
+            base_url=fake_gptalk.url,
+            connect_timeout=10,
+            read_timeout=60,
+            token_store=RedisTokenStore(redis, prefix="slow", connect_timeout=10, read_timeout=60),
+            on_login=on_login,
+        )
+        for _ in "ab"
+    ]
+    try:
+        await asyncio.gather(*(c.complete([{"role": "user", "content": "hi"}]) for c in clients))
+    finally:
+        for client in clients:
+            await client.close()
+    assert fake_gptalk.logins == 1
+    assert len(lock_ttls) == 1
+    assert lock_ttls[0] > (10 + 60) * 1000
+    assert fake_gptalk.submits == 2
+
+
+async def test_a_login_is_cut_off_before_its_lock_expires(
+    redis: aioredis.Redis, clock: Clock
+) -> None:
+    store = RedisTokenStore(redis, prefix="cut", connect_timeout=0.1, read_timeout=0.2)
+    assert store.login_timeout < store.lock_timeout
+    login = Logins(clock, delay=store.lock_timeout + 1)
+    with pytest.raises(APITimeoutError, match="login took longer"):
+        await store.acquire(login, max_uses=5)
+    assert await redis.exists("cut:auth:lock") == 0  # released for the next attempt
