@@ -117,7 +117,12 @@ async def build_application(
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
-        token_store = RedisTokenStore(redis, prefix=settings.redis_prefix)
+        token_store = RedisTokenStore(
+            redis,
+            prefix=settings.redis_prefix,
+            connect_timeout=settings.gptalk_connect_timeout,
+            read_timeout=settings.gptalk_read_timeout,
+        )
         stats = RedisStats(redis, keys)
         if settings.user_rate_limit:
             user_limits = RedisUserLimits(redis, keys, settings.user_rate_limit)
