@@ -69,7 +69,8 @@ class OpenAIProvider:
         if max_tokens is not None:
             self._options["max_tokens"] = max_tokens
         self._client = AsyncOpenAI(
-            api_key=api_key,
+            # The SDK insists on a key; local servers (Ollama, vLLM) ignore this one.
+            api_key=api_key or "unused",
             base_url=base_url,
             timeout=openai.Timeout(read_timeout, connect=connect_timeout),
             max_retries=0,
@@ -158,15 +159,17 @@ class OpenAIProvider:
                 return self._fail(ProviderCutOff, f"stream broken ({detail})")
             return self._fail(ProviderUnavailable, f"connection failed ({detail})")
         if isinstance(exc, openai.APIStatusError):
+            if exc.status_code in (401, 403):
+                # Not even the body: services echo parts of a wrong key in it.
+                return self._fail(
+                    ProviderAuthError,
+                    f"HTTP {exc.status_code}: the API key was refused (check OPENAI_API_KEY)",
+                )
             raw = str(exc.body) if exc.body is not None else exc.message
-            body = _excerpt(self._redact(raw))
-            detail = f"HTTP {exc.status_code}: {body}"
+            detail = f"HTTP {exc.status_code}: {_excerpt(self._redact(raw))}"
             if exc.status_code == 404:
                 detail += " (does OPENAI_BASE_URL end in /v1?)"
-            kind: type[ProviderError] = (
-                ProviderAuthError if exc.status_code in (401, 403) else ProviderUnavailable
-            )
-            return self._fail(kind, detail)
+            return self._fail(ProviderUnavailable, detail)
         if isinstance(exc, openai.APIResponseValidationError):
             detail = _excerpt(self._redact(exc.message))
             return self._fail(ProviderUnreadable, f"unreadable answer ({detail})")
