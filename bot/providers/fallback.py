@@ -106,7 +106,7 @@ class FallbackLLM:
                 if aclose is not None:  # release its connection now, also when stopped
                     await aclose()
             self._failed_at.pop(provider.name, None)
-            if held:  # an answer of whitespace only: the reply shows it as empty
+            if held and not shown:  # whitespace only: the reply shows it as empty
                 yield held
             return
         assert error is not None
