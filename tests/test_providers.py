@@ -367,3 +367,15 @@ async def test_gptalk_alone_keeps_its_name_in_notices(
     gptalk.fail("submit", status=500)
     question = await ask(harness, harness.user(1001, "Ann"), "Hello?")
     assert "GPTalk is unavailable right now" in harness.answer(question)
+
+
+async def test_token_says_when_gptalk_is_not_in_use(
+    make_bot: BotFactory, gptalk: FakeGPTalk, fake_openai: FakeOpenAI
+) -> None:
+    harness = await make_bot(**openai_settings(fake_openai, "openai"))
+    admin = harness.user(ADMIN, "Root")
+    await ask(harness, admin, "/token")
+    [text] = [m.text for m in harness.tg.bot_messages(ADMIN)]
+    assert "GPTalk is not in use" in text
+    assert "next request logs in" not in text  # no request will
+    assert gptalk.requests == []
