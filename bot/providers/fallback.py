@@ -57,6 +57,7 @@ class FallbackLLM:
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         error: ProviderError | None = None
+        first = self.providers[0]
         for attempt, provider in enumerate(self.order()):
             if attempt:
                 assert error is not None
@@ -70,9 +71,9 @@ class FallbackLLM:
                 log.info(
                     "%s is cooling down; trying %s first", self.providers[0].name, provider.name
                 )
-            if attempt or provider is not self.providers[0]:
-                await self._count(provider, "fallbacks")
-            await self._count(provider, "requests")
+            # Counted once the attempt is over: no Redis round trip delays the
+            # request or its first text.
+            counts = {"requests": 1, "fallbacks": int(attempt > 0 or provider is not first)}
             started = self._clock()
             held = ""  # whitespace before the first visible text
             shown = False
@@ -85,9 +86,8 @@ class FallbackLLM:
                     held += delta
                     if held.strip():
                         shown = True
-                        elapsed_ms = round((self._clock() - started) * 1000)
-                        await self._count(provider, "first_text_ms", elapsed_ms)
-                        await self._count(provider, "first_texts")
+                        counts["first_text_ms"] = round((self._clock() - started) * 1000)
+                        counts["first_texts"] = 1
                         yield held
             except ProviderTruncated:
                 # The service chose to end the answer: nothing is wrong with it, and
@@ -96,7 +96,7 @@ class FallbackLLM:
                 raise
             except ProviderError as exc:
                 self._failed_at[provider.name] = self._clock()
-                await self._count(provider, "failures")
+                counts["failures"] = 1
                 if shown:
                     raise
                 error = exc
@@ -105,6 +105,9 @@ class FallbackLLM:
                 aclose = getattr(deltas, "aclose", None)
                 if aclose is not None:  # release its connection now, also when stopped
                     await aclose()
+                for counter, amount in counts.items():
+                    if amount:
+                        await self._count(provider, counter, amount)
             self._failed_at.pop(provider.name, None)
             if held and not shown:  # whitespace only: the reply shows it as empty
                 yield held
