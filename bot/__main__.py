@@ -62,7 +62,13 @@ def main() -> int:
     except ConfigError as exc:
         print(f"gptalk-bot: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, secrets=[settings.bot_token.get_secret_value()])
+    setup_logging(
+        settings.log_level,
+        secrets=[
+            settings.bot_token.get_secret_value(),
+            settings.openai_api_key.get_secret_value(),
+        ],
+    )
     try:
         asyncio.run(run(settings))
     except StartupError as exc:

@@ -15,27 +15,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from aiogram import Bot
 from aiogram.enums import ChatType
 from aiogram.types import Message as TgMessage
 from redis.exceptions import RedisError
 
-from gptalk import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    GPTalkError,
-    Message,
-    StreamInterruptedError,
-    TokenStoreError,
-    format_prompt,
-)
+from gptalk import Message, format_prompt
 
 from .conversation.gate import KeyedLock
 from .conversation.line import Line, LineDroppedError
 from .delivery.scheduler import Scheduler
+from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn
 from .storage.keys import ConversationKey
 from .storage.stats import MemoryStats, Stats
@@ -55,29 +46,6 @@ BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a mom
 SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
 NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
 RESTARTING = "🔄 The bot is restarting and skipped this message: please send it again in a minute."
-
-
-class LLM(Protocol):
-    """What the bot needs from a text-generation provider."""
-
-    def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]: ...
-
-
-def notice_for(error: GPTalkError) -> str:
-    """A short, readable notice (Markdown) that ends an answer cut short by ``error``."""
-    if isinstance(error, APITimeoutError):
-        text = (
-            "⚠️ _GPTalk stopped responding, so the answer is incomplete. Send /retry to try again._"
-        )
-    elif isinstance(error, TokenStoreError):
-        text = "⚠️ _I'm temporarily unavailable (storage is down). Send /retry in a minute._"
-    elif isinstance(error, StreamInterruptedError):
-        text = "⚠️ _The answer was cut off by GPTalk. Send /retry to try again._"
-    elif isinstance(error, APIStatusError | APIConnectionError):
-        text = "⚠️ _GPTalk is unavailable right now. Send /retry in a minute._"
-    else:
-        text = "⚠️ _GPTalk sent an answer I could not read. Send /retry to try again._"
-    return "\n\n" + text
 
 
 def asker_of(message: TgMessage) -> int:
@@ -323,8 +291,8 @@ class Answerer:
         try:
             async for delta in stream:
                 yield delta
-        except GPTalkError as exc:
-            log.warning("GPTalk failed: %s", exc)
+        except ProviderError as exc:
+            log.warning("%s failed: %s", exc.provider, exc)
             await self.stats.incr("failures")
             yield notice_for(exc)
         finally:

@@ -7,6 +7,7 @@ only point the URLs at fake servers (and may run Telegram's clock faster).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,6 +34,9 @@ from bot.config import Settings
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.providers import FallbackLLM, Provider, service_name
+from bot.providers.gptalk import GPTalkProvider
+from bot.providers.openai import OpenAIProvider
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
@@ -57,7 +61,7 @@ class Application:
     bot: Bot
     dispatcher: Dispatcher
     answerer: Answerer
-    llm: GPTalkClient
+    llm: FallbackLLM
     scheduler: Scheduler
     redis: Redis | None
     response_models: list[Any] = field(default_factory=list)
@@ -101,6 +105,42 @@ async def connect_redis(url: str) -> Redis:
         await redis.aclose()
         raise StartupError(f"REDIS_URL: cannot reach Redis ({exc})") from None
     return redis
+
+
+def build_providers(
+    settings: Settings, token_store: TokenStore, on_login: Callable[[], Awaitable[None]]
+) -> list[Provider]:
+    """The providers of ``LLM_PROVIDERS``, in its order."""
+    service = service_name(settings.llm_providers)
+    providers: list[Provider] = []
+    for name in settings.llm_providers:
+        if name == "gptalk":
+            client = GPTalkClient(
+                base_url=settings.gptalk_url,
+                model=settings.gptalk_model,
+                proxy=settings.gptalk_proxy,
+                connect_timeout=settings.gptalk_connect_timeout,
+                read_timeout=settings.gptalk_read_timeout,
+                max_uses=settings.gptalk_max_uses,
+                token_store=token_store,
+                on_login=on_login,
+            )
+            providers.append(GPTalkProvider(client, service=service))
+        elif name == "openai":
+            assert settings.openai_model is not None  # checked with the settings
+            providers.append(
+                OpenAIProvider(
+                    model=settings.openai_model,
+                    base_url=settings.openai_base_url,
+                    api_key=settings.openai_api_key.get_secret_value(),
+                    temperature=settings.openai_temperature,
+                    max_tokens=settings.openai_max_tokens,
+                    connect_timeout=settings.openai_connect_timeout,
+                    read_timeout=settings.openai_read_timeout,
+                    service=service,
+                )
+            )
+    return providers
 
 
 async def build_application(
@@ -148,15 +188,10 @@ async def build_application(
     async def count_dropped() -> None:
         await stats.incr("chatter_dropped")
 
-    llm = GPTalkClient(
-        base_url=settings.gptalk_url,
-        model=settings.gptalk_model,
-        proxy=settings.gptalk_proxy,
-        connect_timeout=settings.gptalk_connect_timeout,
-        read_timeout=settings.gptalk_read_timeout,
-        max_uses=settings.gptalk_max_uses,
-        token_store=token_store,
-        on_login=count_login,
+    llm = FallbackLLM(
+        build_providers(settings, token_store, count_login),
+        cooldown=settings.provider_cooldown,
+        stats=stats,
     )
     scheduler = Scheduler(
         MemoryBudgets(

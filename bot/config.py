@@ -24,6 +24,11 @@ from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 IdSet = Annotated[frozenset[int], NoDecode]
+NameList = Annotated[tuple[str, ...], NoDecode]
+# An empty variable (`OPENAI_MAX_TOKENS=` in .env) means unset, not an invalid number.
+EmptyIsNone = BeforeValidator(lambda v: None if isinstance(v, str) and not v.strip() else v)
+PROVIDERS = ("gptalk", "openai")
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -47,6 +52,19 @@ class Settings(BaseSettings):
     gptalk_max_uses: int = Field(5, ge=1)
     gptalk_connect_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
     gptalk_read_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+
+    # Providers: the order is the fallback order (bot/providers/fallback.py).
+    llm_providers: NameList = ("gptalk",)
+    openai_base_url: str = OPENAI_DEFAULT_BASE_URL
+    openai_api_key: SecretStr = SecretStr("")
+    openai_model: str | None = Field(None, validate_default=True)
+    openai_temperature: Annotated[float | None, EmptyIsNone] = Field(
+        None, ge=0, le=2, allow_inf_nan=False
+    )
+    openai_max_tokens: Annotated[int | None, EmptyIsNone] = Field(None, ge=1)
+    openai_connect_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
+    openai_read_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+    provider_cooldown: float = Field(30.0, ge=0, allow_inf_nan=False)
 
     system_prompt: str = ""
     admin_ids: IdSet = frozenset()
@@ -82,15 +100,42 @@ class Settings(BaseSettings):
             raise ValueError("must look like 123456789:ABC… (the token @BotFather gave you)")
         return SecretStr(token)
 
-    @field_validator("telegram_api_url", "gptalk_url", "gptalk_proxy", mode="before")
+    @field_validator(
+        "telegram_api_url", "gptalk_url", "gptalk_proxy", "openai_base_url", mode="before"
+    )
     @classmethod
     def _http_url(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             value = value.strip().rstrip("/") or None
             if value is None and info.field_name == "gptalk_url":
                 return DEFAULT_BASE_URL
+            if value is None and info.field_name == "openai_base_url":
+                return OPENAI_DEFAULT_BASE_URL
             if value is not None and not value.startswith(("http://", "https://")):
                 raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("llm_providers", mode="before")
+    @classmethod
+    def _providers(cls, value: Any) -> Any:
+        names = [p.strip().lower() for p in value.split(",")] if isinstance(value, str) else value
+        names = [name for name in names if name]
+        if not names:
+            raise ValueError(f"must name at least one provider ({', '.join(PROVIDERS)})")
+        for name in names:
+            if name not in PROVIDERS:
+                raise ValueError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
+        if len(set(names)) < len(names):
+            raise ValueError("names a provider twice")
+        return tuple(names)
+
+    @field_validator("openai_model", mode="before")
+    @classmethod
+    def _model_when_listed(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is None and "openai" in info.data.get("llm_providers", ()):
+            raise ValueError("is required when LLM_PROVIDERS lists openai")
         return value
 
     @field_validator("redis_url", mode="before")

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from bot.answering import EMPTY, notice_for
 from bot.delivery.budgets import TelegramLimits
+from bot.providers.gptalk import provider_error
 from bot.render import render, split
 from gptalk import APIStatusError, APITimeoutError, ProtocolError, StreamInterruptedError
 from tests.bot_harness import BotHarness
@@ -68,10 +69,10 @@ def _long_answer(size: int = 50_000) -> str:
 LONG_ANSWER = _long_answer()
 
 # The notices, as the bot words them (bot/answering.py), one per kind of failure.
-STOPPED_RESPONDING = notice_for(APITimeoutError("stalled", endpoint="stream"))
-CUT_OFF = notice_for(StreamInterruptedError("cut", received=""))
-UNAVAILABLE = notice_for(APIStatusError("down", status=500, endpoint="submit"))
-UNREADABLE = notice_for(ProtocolError("garbled", endpoint="stream"))
+STOPPED_RESPONDING = notice_for(provider_error(APITimeoutError("stalled", endpoint="stream")))
+CUT_OFF = notice_for(provider_error(StreamInterruptedError("cut", received="")))
+UNAVAILABLE = notice_for(provider_error(APIStatusError("down", status=500, endpoint="submit")))
+UNREADABLE = notice_for(provider_error(ProtocolError("garbled", endpoint="stream")))
 
 # Nothing of this may reach a chat: error texts, status codes, protocol details.
 FORBIDDEN = (

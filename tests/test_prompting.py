@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.answering import build_prompt, notice_for
+from bot.answering import build_prompt
+from bot.answering import notice_for as provider_notice
 from bot.logs import RedactingFilter
+from bot.providers.gptalk import provider_error
 from gptalk import (
     APIConnectionError,
     APIStatusError,
@@ -143,6 +145,11 @@ def test_does_not_mutate_history() -> None:
 # --- notice_for --------------------------------------------------------------------------
 
 LEAK = "SECRET-DETAIL-4711"
+
+
+def notice_for(error: GPTalkError) -> str:
+    """The notice for a GPTalk error, as the GPTalk provider reports it."""
+    return provider_notice(provider_error(error))
 
 
 def errors() -> dict[str, list[GPTalkError]]:

@@ -159,7 +159,7 @@ async def test_a_debug_session_of_python_m_bot_never_logs_a_secret(
 
     log = (out + err).decode()
     assert " DEBUG " in log  # the session really logged at DEBUG
-    assert log.count("GPTalk failed") >= 4  # ... and logged the failures
+    assert log.lower().count("gptalk failed") >= 4  # ... and logged the failures
     secret_part = tg.token.split(":", 1)[1]
     assert tg.token not in log
     assert secret_part not in log

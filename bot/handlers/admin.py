@@ -13,6 +13,7 @@ from aiogram import Router
 from aiogram.filters import Command, Filter
 from aiogram.types import BotCommand, Message
 
+from bot.config import Settings
 from bot.storage.stats import Stats
 from gptalk import TokenStore
 
@@ -49,14 +50,18 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-async def on_token(message: Message, token_store: TokenStore) -> None:
+async def on_token(message: Message, token_store: TokenStore, settings: Settings) -> None:
     status = await token_store.status()
+    in_use = "gptalk" in settings.llm_providers
+    # The token may still be in a shared Redis, so its state is shown either way.
+    note = "" if in_use else "ℹ️ GPTalk is not in use (LLM_PROVIDERS does not list it).\n\n"
     if not status.has_token:
-        await message.answer("🔑 No GPTalk token yet: the next request logs in.")
+        later = ": the next request logs in." if in_use else "."
+        await message.answer(f"{note}🔑 No GPTalk token yet{later}")
         return
     expired = " (expired)" if status.is_expired() else ""
     await message.answer(
-        "🔑 Shared GPTalk token\n"
+        f"{note}🔑 Shared GPTalk token\n"
         f"Obtained: {_when(status.obtained_at)}\n"
         f"Expires: {_when(status.expires_at)}{expired}\n"
         f"Uses left: {status.uses_left} of {status.max_uses}"
@@ -73,15 +78,29 @@ async def on_reset_token(message: Message, token_store: TokenStore) -> None:
     )
 
 
-async def on_stats(message: Message, stats: Stats) -> None:
+async def on_stats(message: Message, stats: Stats, settings: Settings) -> None:
     numbers = await stats.snapshot()
+    providers = await stats.providers()
+    lines = []
+    for name in settings.llm_providers:  # in fallback order
+        counts = providers.get(name, {})
+        line = (
+            f"{name}: {counts.get('requests', 0)} requests, {counts.get('failures', 0)} "
+            f"failures, {counts.get('fallbacks', 0)} as fallback"
+        )
+        if counts.get("first_texts"):
+            line += (
+                f", first text after {counts['first_text_ms'] / counts['first_texts'] / 1000:.1f} s"
+            )
+        lines.append(line)
     await message.answer(
         "📊 Statistics (all processes)\n"
         f"Requests: {numbers['requests']}\n"
         f"Failures: {numbers['failures']}\n"
         f"GPTalk logins: {numbers['logins']}\n"
         f"Telegram 429s: {numbers['429s']}\n"
-        f"Streaming now: {numbers['active']}"
+        f"Streaming now: {numbers['active']}\n\n"
+        "Providers, in fallback order:\n" + "\n".join(lines)
     )
 
 

@@ -13,7 +13,9 @@ from aiogram.types import BotCommand, Message
 
 from bot.addressing import quote_of
 from bot.answering import Answerer, asker_of
+from bot.config import Settings
 from bot.handlers.asking import ask
+from bot.providers import service_name
 from bot.storage.keys import ConversationKey
 
 __all__ = ["GROUP_COMMANDS", "PRIVATE_COMMANDS", "create_router"]
@@ -30,7 +32,7 @@ GROUP_COMMANDS = [
 ]
 
 HELP = (
-    "Send me any message and I'll answer it with GPTalk, writing the answer as it "
+    "Send me any message and I'll answer it with {service}, writing the answer as it "
     "comes in. I remember our conversation, so you can ask follow-up questions.\n\n"
     "/new — start a new conversation (also /reset)\n"
     "/stop — stop the answer being written\n"
@@ -48,17 +50,20 @@ GROUP_HELP = (
 ASK_USAGE = "Usage: /ask <question> — or reply to a message with /ask."
 
 
-def _help_for(message: Message) -> str:
-    return HELP if message.chat.type == ChatType.PRIVATE else GROUP_HELP
+def _help_for(message: Message, settings: Settings) -> str:
+    if message.chat.type != ChatType.PRIVATE:
+        return GROUP_HELP
+    service = service_name(settings.llm_providers)
+    return HELP.format(service="a language model" if service != "GPTalk" else service)
 
 
-async def on_start(message: Message) -> None:
+async def on_start(message: Message, settings: Settings) -> None:
     name = message.from_user.first_name if message.from_user else "there"
-    await message.answer(f"Hi, {name}! 👋\n\n{_help_for(message)}")
+    await message.answer(f"Hi, {name}! 👋\n\n{_help_for(message, settings)}")
 
 
-async def on_help(message: Message) -> None:
-    await message.answer(_help_for(message))
+async def on_help(message: Message, settings: Settings) -> None:
+    await message.answer(_help_for(message, settings))
 
 
 async def on_ask(

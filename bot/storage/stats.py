@@ -1,9 +1,12 @@
 """Counters for /stats, shared by every process through Redis.
 
 Counters (``requests``, ``failures``, ``logins``, ``429s``) are fields of the hash
-``P:stats``. Active streams are a gauge: each process keeps its own count in
-``P:stats:active:{instance}`` with an expiry it refreshes, so a crashed process
-stops counting after a minute instead of leaving the total wrong for ever.
+``P:stats``, and so are the per-provider ones, ``provider:{name}:{counter}``
+(:data:`PROVIDER_COUNTERS`; time to first text as a sum of milliseconds and a count,
+so that any reader can take the mean). Active streams are a gauge: each process
+keeps its own count in ``P:stats:active:{instance}`` with an expiry it refreshes,
+so a crashed process stops counting after a minute instead of leaving the total
+wrong for ever.
 
 Statistics never get in the way of answering: a Redis failure here is logged
 (at most once a minute) and otherwise ignored.
@@ -23,11 +26,35 @@ from redis.exceptions import RedisError
 
 from bot.storage.keys import Keys
 
-__all__ = ["COUNTERS", "MemoryStats", "RedisStats", "Stats"]
+__all__ = [
+    "COUNTERS",
+    "PROVIDER_COUNTERS",
+    "MemoryStats",
+    "RedisStats",
+    "Stats",
+    "provider_counter",
+]
 
 log = logging.getLogger(__name__)
 
 COUNTERS: Final = ("requests", "failures", "logins", "429s")
+PROVIDER_COUNTERS: Final = ("requests", "failures", "fallbacks", "first_text_ms", "first_texts")
+_PROVIDER_PREFIX: Final = "provider:"
+
+
+def provider_counter(provider: str, counter: str) -> str:
+    """The field of one provider's counter, e.g. ``provider:openai:requests``."""
+    return f"{_PROVIDER_PREFIX}{provider}:{counter}"
+
+
+def _by_provider(counters: dict[str, int]) -> dict[str, dict[str, int]]:
+    result: dict[str, dict[str, int]] = {}
+    for field, value in counters.items():
+        if field.startswith(_PROVIDER_PREFIX):
+            provider, _, counter = field.removeprefix(_PROVIDER_PREFIX).rpartition(":")
+            if provider and counter in PROVIDER_COUNTERS:
+                result.setdefault(provider, dict.fromkeys(PROVIDER_COUNTERS, 0))[counter] = value
+    return result
 
 
 class Stats(Protocol):
@@ -43,6 +70,10 @@ class Stats(Protocol):
 
     async def refresh(self) -> None:
         """Keep this process's gauge alive (called periodically)."""
+        ...
+
+    async def providers(self) -> dict[str, dict[str, int]]:
+        """Per provider that has counted anything: every :data:`PROVIDER_COUNTERS`."""
         ...
 
 
@@ -62,6 +93,9 @@ class MemoryStats:
 
     async def refresh(self) -> None:
         pass
+
+    async def providers(self) -> dict[str, dict[str, int]]:
+        return _by_provider(dict(self._counters))
 
 
 class RedisStats:
@@ -107,6 +141,10 @@ class RedisStats:
             value = await self._redis.get(key)
             active += int(value or 0)
         return {**{name: counters.get(name, 0) for name in COUNTERS}, "active": active}
+
+    async def providers(self) -> dict[str, dict[str, int]]:
+        raw = await self._redis.hgetall(self._keys.stats)
+        return _by_provider({_text(k): int(v) for k, v in raw.items()})
 
 
 async def keep_refreshing(stats: Stats, interval: float = RedisStats.GAUGE_TTL / 3) -> None:
