@@ -212,8 +212,8 @@ async def test_gptalk_down_falls_back_to_openai(
     assert tg.bot_messages(1001)[0].history[1:] in ([OPENAI_ANSWER], [])
     assert harness.answer(question) == OPENAI_ANSWER
     assert await history(redis, 1001) == [
-        {"role": "user", "content": "Hello?"},
-        {"role": "assistant", "content": OPENAI_ANSWER},
+        {"role": "user", "content": "Hello?", "asker": 1001},
+        {"role": "assistant", "content": OPENAI_ANSWER, "asker": 1001},
     ]
     stats = await provider_stats(harness)
     assert stats == {
