@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from bot.answering import Answerer
 from bot.config import Settings
 from bot.dispatcher import create_dispatcher
+from bot.paste_merger import MemoryPasteMerger
 from bot.ratelimit import Limiters, RateLimitMiddleware, TelegramLimits
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from bot.storage.keys import Keys
@@ -186,6 +187,7 @@ async def build_application(
         shutdown_timeout=settings.shutdown_timeout,
         heartbeat_file=settings.heartbeat_file,
         token_store=token_store,
+        paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,
     )
     return Application(

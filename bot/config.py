@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     prompt_max_chars: int = Field(12000, ge=100)
     user_rate_limit: int = Field(10, ge=0)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
+    merge_window: float = Field(1.5, gt=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)

@@ -6,7 +6,9 @@ from aiogram import Bot, F, Router
 from aiogram.types import Message
 
 from bot.answering import Answerer
+from bot.entities_markdown import to_markdown
 from bot.handlers.asking import ask
+from bot.paste_merger import PasteMerger
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
@@ -21,13 +23,20 @@ async def on_unknown_command(message: Message) -> None:
 
 
 async def on_text(
-    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
+    message: Message,
+    bot: Bot,
+    answerer: Answerer,
+    conversation: ConversationKey,
+    paste_merger: PasteMerger,
 ) -> None:
-    text = (message.text or message.caption or "").strip()
-    if not text:
+    if message.text is not None:
+        prompt = to_markdown(message.text, message.entities)
+    else:
+        prompt = to_markdown(message.caption or "", message.caption_entities)
+    if not prompt.strip():
         await message.answer(EMPTY_PROMPT)
         return
-    await ask(message, bot, answerer, conversation, text)
+    await ask(message, bot, answerer, conversation, paste_merger, prompt)
 
 
 async def on_other(message: Message) -> None:
