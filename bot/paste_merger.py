@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,6 +88,14 @@ class PasteMerger(Protocol):
         rest of a paste does not mention the bot)."""
         ...
 
+    def arriving(self, key: PasteKey, message: Message) -> AbstractAsyncContextManager[None]:
+        """Held around the whole handling of ``message``, entered in arrival order
+        (an outer middleware). aiogram runs plain filters in threads, so a short
+        piece may reach its handler before the long piece it follows: pieces wait
+        until every near-limit message that arrived before them has started its
+        paste, or turned out not to be a prompt."""
+        ...
+
 
 @dataclass
 class _Paste:
@@ -100,6 +110,29 @@ class MemoryPasteMerger:
     def __init__(self, window: float = 1.5) -> None:
         self._window = window
         self._pastes: dict[PasteKey, _Paste] = {}
+        # Near-limit messages being handled, by message id: set once decided.
+        self._arriving: dict[PasteKey, dict[int, asyncio.Event]] = {}
+
+    @contextlib.asynccontextmanager
+    async def arriving(self, key: PasteKey, message: Message) -> AsyncIterator[None]:
+        if not near_limit(message):
+            yield
+            return
+        decided = asyncio.Event()
+        self._arriving.setdefault(key, {})[message.message_id] = decided
+        try:
+            yield
+        finally:
+            decided.set()
+            arriving = self._arriving.get(key, {})
+            arriving.pop(message.message_id, None)
+            if not arriving:
+                self._arriving.pop(key, None)
+
+    async def _after_earlier_pieces(self, key: PasteKey, message: Message) -> None:
+        for message_id, decided in list(self._arriving.get(key, {}).items()):
+            if message_id < message.message_id:
+                await decided.wait()
 
     async def merge(self, key: PasteKey, message: Message, prompt: str) -> Merged | None:
         if await self.extend(key, message, prompt):
@@ -109,6 +142,8 @@ class MemoryPasteMerger:
         loop = asyncio.get_running_loop()
         paste = _Paste([prompt], loop.time() + self._window)
         self._pastes[key] = paste
+        if (decided := self._arriving.get(key, {}).get(message.message_id)) is not None:
+            decided.set()
         try:
             # The deadline moves while near-limit pieces keep coming.
             while not paste.complete.is_set() and (left := paste.deadline - loop.time()) > 0:
@@ -121,6 +156,7 @@ class MemoryPasteMerger:
         return Merged(message, JOINER.join(paste.pieces))
 
     async def extend(self, key: PasteKey, message: Message, prompt: str) -> bool:
+        await self._after_earlier_pieces(key, message)
         paste = self._pastes.get(key)
         loop = asyncio.get_running_loop()
         if paste is None or paste.complete.is_set() or loop.time() > paste.deadline:

@@ -115,6 +115,19 @@ async def test_split_paste_is_one_prompt_and_one_answer(
     assert harness.replies(second) == []
 
 
+async def test_a_piece_that_looks_like_a_command_is_part_of_the_paste(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    harness = await make_bot(merge_window=SLOW)
+    ann = harness.user()
+    first_piece, rest = paste(4096, "a"), "/var/log/syslog: disk full"
+    first = harness.say(ann, first_piece)
+    harness.say(ann, rest, entities=[entity(rest, "/var", "bot_command")])
+    await harness.settle(within=SLOW / 2)
+    assert fake_gptalk.prompts == [f"{first_piece}\n{rest}"]
+    assert [m.reply_to for m in tg.bot_messages(ann["id"])] == [first["message_id"]]
+
+
 async def test_paste_of_three_pieces(
     make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
 ) -> None:

@@ -79,3 +79,30 @@ async def test_a_near_limit_piece_extends_the_window() -> None:
     merged = await asyncio.wait_for(leader, 5)
     assert merged is not None
     assert merged.prompt == "a\nb\nc"
+
+
+async def test_a_piece_overtaking_its_long_predecessor_still_joins_it() -> None:
+    # aiogram runs filters in threads: the short rest may reach its handler first.
+    merger = MemoryPasteMerger(window=60)
+    first, rest = message(LONG), message("rest")
+    async with merger.arriving(ANN, first), merger.arriving(ANN, rest):
+        follower = asyncio.create_task(merger.merge(ANN, rest, "rest"))
+        await asyncio.sleep(0.05)
+        assert not follower.done()  # waits for the long one to be decided
+        merged = await asyncio.wait_for(merger.merge(ANN, first, "long"), 1)
+        assert await follower is None
+    assert merged is not None
+    assert (merged.first, merged.prompt) == (first, "long\nrest")
+
+
+async def test_a_long_message_that_is_no_prompt_releases_what_follows() -> None:
+    merger = MemoryPasteMerger(window=60)
+    first, rest = message(LONG), message("rest")
+    async with merger.arriving(ANN, rest):
+        async with merger.arriving(ANN, first):
+            follower = asyncio.create_task(merger.merge(ANN, rest, "rest"))
+            await asyncio.sleep(0.05)
+            assert not follower.done()
+        merged = await asyncio.wait_for(follower, 1)  # no paste started: a prompt of its own
+    assert merged is not None
+    assert merged.prompt == "rest"

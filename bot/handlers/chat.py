@@ -8,7 +8,7 @@ from aiogram.types import Message
 from bot.answering import Answerer
 from bot.entities_markdown import to_markdown
 from bot.handlers.asking import ask
-from bot.paste_merger import PasteMerger
+from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
@@ -18,8 +18,20 @@ UNKNOWN_COMMAND = "I don't know that command. /help lists the ones I do."
 EMPTY_PROMPT = "Your message is empty. What would you like to ask?"
 
 
-async def on_unknown_command(message: Message) -> None:
-    await message.answer(UNKNOWN_COMMAND)
+def _prompt(message: Message) -> str:
+    """The text or caption, with the formatting the user sent as Markdown."""
+    if message.text is not None:
+        return to_markdown(message.text, message.entities)
+    return to_markdown(message.caption or "", message.caption_entities)
+
+
+async def on_unknown_command(
+    message: Message, conversation: ConversationKey, paste_merger: PasteMerger
+) -> None:
+    # A piece of a split paste may start with "/" (a path in a log, say).
+    key = PasteKey(conversation, sender_of(message))
+    if not await paste_merger.extend(key, message, _prompt(message)):
+        await message.answer(UNKNOWN_COMMAND)
 
 
 async def on_text(
@@ -29,10 +41,7 @@ async def on_text(
     conversation: ConversationKey,
     paste_merger: PasteMerger,
 ) -> None:
-    if message.text is not None:
-        prompt = to_markdown(message.text, message.entities)
-    else:
-        prompt = to_markdown(message.caption or "", message.caption_entities)
+    prompt = _prompt(message)
     if not prompt.strip():
         await message.answer(EMPTY_PROMPT)
         return
