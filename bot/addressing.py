@@ -7,21 +7,30 @@ never by substring), when the message replies to one of its own messages, or via
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from aiogram.types import Message, MessageEntity, User
 
-__all__ = ["Addressed", "addressed", "quote_of", "speaker", "strip_mentions", "user_turn"]
+from bot.entities_markdown import from_units, to_markdown, to_units
+
+__all__ = [
+    "Addressed",
+    "addressed",
+    "prompt_of",
+    "quote_of",
+    "speaker",
+    "strip_mentions",
+    "user_turn",
+]
 
 QUOTE_LIMIT = 1500
-_SPACES = re.compile(r"[ \t]{2,}")
-_SPACE_BEFORE_PUNCTUATION = re.compile(r"[ \t]+([,.;:!?])")  # "Hey @bot, you" → "Hey, you"
+_BLANK = " \t"
+_PUNCTUATION = ",.;:!?"
 
 
 @dataclass(frozen=True)
 class Addressed:
-    prompt: str  # the message text without the bot's mentions (may be empty)
+    prompt: str  # the message as Markdown, without the bot's mentions (may be empty)
 
 
 def _text_and_entities(message: Message) -> tuple[str, list[MessageEntity]]:
@@ -43,17 +52,85 @@ def _mentions_of(text: str, entities: list[MessageEntity], me: User) -> list[tup
     return found
 
 
-def strip_mentions(text: str, spans: list[tuple[int, int]]) -> str:
-    """Remove UTF-16 spans from ``text`` and tidy the whitespace left behind."""
-    if not spans:
-        return text.strip()
-    encoded = text.encode("utf-16-le")
-    for offset, length in sorted(spans, reverse=True):
-        encoded = encoded[: offset * 2] + encoded[(offset + length) * 2 :]
-    stripped = _SPACES.sub(" ", encoded.decode("utf-16-le"))
-    stripped = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", stripped).strip()
-    # "@bot, what is…" → "what is…"
-    return stripped.removeprefix(",").removeprefix(":").strip()
+def _removal(units: str, start: int, end: int) -> tuple[int, int]:
+    """What goes with the mention at ``units[start:end]``: the mention and only the
+    whitespace (or ", ") that would be left dangling around it. Everything further
+    away stays as typed: indentation and runs of spaces in code matter."""
+    size = len(units)
+    left, right = start, end
+    while left > 0 and units[left - 1] in _BLANK:
+        left -= 1
+    while right < size and units[right] in _BLANK:
+        right += 1
+    if right == size:  # "what is this? @bot": trailing whitespace is never meaningful
+        while left > 0 and units[left - 1].isspace():
+            left -= 1
+        return left, size
+    if left == 0:  # "@bot, what is", "@bot\n\n    code"
+        if units[right] in ",:":
+            right += 1
+            while right < size and units[right] in _BLANK:
+                right += 1
+        # The lines the mention leaves empty go; the indentation of the next stays.
+        scan = right
+        while scan < size and units[scan].isspace():
+            scan += 1
+            if units[scan - 1] == "\n":
+                right = scan
+        return 0, right
+    starts_line = units[left - 1] == "\n"
+    if units[right] == "\n":  # "see @bot\n  code"; alone on its line, the line goes
+        return left, right + 1 if starts_line else right
+    if starts_line:  # keep the line's indentation
+        if units[right] in ",:":
+            right += 1
+            while right < size and units[right] in _BLANK:
+                right += 1
+        return start, right
+    if units[right] in _PUNCTUATION:  # "Hey @bot, you" → "Hey, you"
+        return left, right
+    # "Tell me @bot what" → "Tell me what"; glued to the word before: keep a space.
+    return (start, right) if left < start else (start, end)
+
+
+def _shifted(position: int, cut_start: int, cut_end: int) -> int:
+    if position <= cut_start:
+        return position
+    return max(cut_start, position - (cut_end - cut_start))
+
+
+def strip_mentions(
+    text: str, entities: list[MessageEntity], spans: list[tuple[int, int]]
+) -> tuple[str, list[MessageEntity]]:
+    """``text`` without the UTF-16 ``spans`` (and the whitespace each leaves
+    dangling), with ``entities`` moved to where their text now is."""
+    units = to_units(text)
+    remaining = sorted(spans)
+    while remaining:
+        # Right to left: a cut never moves the mentions before it.
+        offset, length = remaining.pop()
+        cut_start, cut_end = _removal(units, offset, offset + length)
+        units = units[:cut_start] + units[cut_end:]
+        moved = []
+        for entity in entities:
+            begin = _shifted(entity.offset, cut_start, cut_end)
+            finish = _shifted(entity.offset + entity.length, cut_start, cut_end)
+            if finish > begin:
+                moved.append(entity.model_copy(update={"offset": begin, "length": finish - begin}))
+        entities = moved
+    return from_units(units), entities
+
+
+def prompt_of(message: Message, me: User, *, command: bool = False) -> str:
+    """The message as the model should read it: its formatting as Markdown, without
+    the bot's mentions (and, with ``command``, without the leading ``/command``)."""
+    text, entities = _text_and_entities(message)
+    spans = _mentions_of(text, entities, me)
+    if command:  # "/ask@bot": what Telegram marks as the bot_command entity
+        word = text.split(maxsplit=1)[0] if text.strip() else ""
+        spans.append((0, len(to_units(word))))
+    text, entities = strip_mentions(text, entities, spans)
+    return to_markdown(text, entities)
 
 
 def addressed(message: Message, me: User) -> Addressed | None:
@@ -68,7 +145,7 @@ def addressed(message: Message, me: User) -> Addressed | None:
     # reply to one of the bot's own messages counts.
     if not mentions and not replies_to_me:
         return None
-    return Addressed(strip_mentions(text, mentions))
+    return Addressed(prompt_of(message, me))
 
 
 def quote_of(message: Message, me: User) -> str | None:
@@ -79,7 +156,7 @@ def quote_of(message: Message, me: User) -> str | None:
         return None
     if reply.forum_topic_created is not None:
         return None
-    text, _ = _text_and_entities(reply)
+    text = to_markdown(*_text_and_entities(reply))
     if not text.strip():
         return None
     author = speaker(reply)

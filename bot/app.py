@@ -34,6 +34,7 @@ from bot.config import Settings
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.paste_merger import MemoryPasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
 from bot.providers.openai import OpenAIProvider
@@ -237,6 +238,7 @@ async def build_application(
         shutdown_timeout=settings.shutdown_timeout,
         heartbeat_file=settings.heartbeat_file,
         token_store=token_store,
+        paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,
     )
     return Application(

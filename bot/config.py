@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     user_rate_limit: int = Field(10, ge=0)
     group_max_concurrent: int = Field(5, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
+    merge_window: float = Field(1.5, gt=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)

@@ -23,6 +23,7 @@ from bot.handlers.commands import GROUP_COMMANDS, PRIVATE_COMMANDS
 from bot.heartbeat import Heartbeat
 from bot.middlewares.access import AccessMiddleware
 from bot.middlewares.conversation import ConversationMiddleware
+from bot.middlewares.paste_order import PasteOrderMiddleware
 from bot.middlewares.stale import StaleMessageMiddleware
 from bot.storage.stats import Stats, keep_refreshing
 
@@ -54,6 +55,8 @@ def create_dispatcher(
     dp.message.outer_middleware(AccessMiddleware(allowed_user_ids, admin_ids))
     dp.message.outer_middleware(StaleMessageMiddleware(max_message_age))
     dp.message.outer_middleware(ConversationMiddleware())
+    # Innermost: it needs the conversation, and sees messages in arrival order.
+    dp.message.outer_middleware(PasteOrderMiddleware())
     dp.include_routers(*routers(admin_ids=admin_ids))
 
     refresher: list[asyncio.Task[None]] = []

@@ -35,6 +35,7 @@ VARIABLES = (
     "PROMPT_MAX_CHARS",
     "USER_RATE_LIMIT",
     "SHUTDOWN_TIMEOUT",
+    "MERGE_WINDOW",
     "WEBHOOK_URL",
     "LOG_LEVEL",
 )
@@ -87,6 +88,7 @@ def test_defaults(token: str) -> None:
     assert settings.prompt_max_chars == 12000
     assert settings.user_rate_limit == 10
     assert settings.shutdown_timeout == 30
+    assert settings.merge_window == 1.5
     assert settings.log_level == "INFO"
 
 
@@ -113,6 +115,7 @@ def test_every_variable_is_read_from_the_environment(
         "PROMPT_MAX_CHARS": "5000",
         "USER_RATE_LIMIT": "0",
         "SHUTDOWN_TIMEOUT": "0",
+        "MERGE_WINDOW": "0.8",
         "LOG_LEVEL": "WARNING",
     }
     for name, value in env.items():
@@ -137,6 +140,7 @@ def test_every_variable_is_read_from_the_environment(
     assert settings.prompt_max_chars == 5000
     assert settings.user_rate_limit == 0
     assert settings.shutdown_timeout == 0
+    assert settings.merge_window == 0.8
     assert settings.log_level == "WARNING"
 
 
@@ -248,6 +252,10 @@ BAD_NUMBERS = [
     ("USER_RATE_LIMIT", "-1"),
     ("SHUTDOWN_TIMEOUT", "later"),
     ("SHUTDOWN_TIMEOUT", "-1"),
+    ("MERGE_WINDOW", "soon"),
+    ("MERGE_WINDOW", "0"),
+    ("MERGE_WINDOW", "-1"),
+    ("MERGE_WINDOW", "inf"),
 ]
 
 

@@ -8,14 +8,27 @@ from aiogram.types import Message
 
 from bot.addressing import user_turn
 from bot.answering import Answerer
+from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["ask"]
 
 
 async def ask(
-    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey, prompt: str
+    message: Message,
+    bot: Bot,
+    answerer: Answerer,
+    conversation: ConversationKey,
+    paste_merger: PasteMerger,
+    prompt: str,
 ) -> None:
+    # A piece of a split paste waits for the rest, or joins the paste waiting for it.
+    merged = await paste_merger.merge(PasteKey(conversation, sender_of(message)), message, prompt)
+    if merged is None:
+        return
     me = await bot.me()
-    group = message.chat.type != ChatType.PRIVATE
-    await answerer.prompt(bot, message, conversation, user_turn(message, prompt, me, group=group))
+    first = merged.first
+    group = first.chat.type != ChatType.PRIVATE
+    await answerer.prompt(
+        bot, first, conversation, user_turn(first, merged.prompt, me, group=group)
+    )

@@ -6,7 +6,9 @@ from aiogram import Bot, F, Router
 from aiogram.types import Message
 
 from bot.answering import Answerer
+from bot.entities_markdown import to_markdown
 from bot.handlers.asking import ask
+from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
@@ -16,18 +18,34 @@ UNKNOWN_COMMAND = "I don't know that command. /help lists the ones I do."
 EMPTY_PROMPT = "Your message is empty. What would you like to ask?"
 
 
-async def on_unknown_command(message: Message) -> None:
-    await message.answer(UNKNOWN_COMMAND)
+def _prompt(message: Message) -> str:
+    """The text or caption, with the formatting the user sent as Markdown."""
+    if message.text is not None:
+        return to_markdown(message.text, message.entities)
+    return to_markdown(message.caption or "", message.caption_entities)
+
+
+async def on_unknown_command(
+    message: Message, conversation: ConversationKey, paste_merger: PasteMerger
+) -> None:
+    # A piece of a split paste may start with "/" (a path in a log, say).
+    key = PasteKey(conversation, sender_of(message))
+    if not await paste_merger.extend(key, message, _prompt(message)):
+        await message.answer(UNKNOWN_COMMAND)
 
 
 async def on_text(
-    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
+    message: Message,
+    bot: Bot,
+    answerer: Answerer,
+    conversation: ConversationKey,
+    paste_merger: PasteMerger,
 ) -> None:
-    text = (message.text or message.caption or "").strip()
-    if not text:
+    prompt = _prompt(message)
+    if not prompt.strip():
         await message.answer(EMPTY_PROMPT)
         return
-    await ask(message, bot, answerer, conversation, text)
+    await ask(message, bot, answerer, conversation, paste_merger, prompt)
 
 
 async def on_other(message: Message) -> None:

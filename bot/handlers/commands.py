@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from aiogram import Bot, F, Router
 from aiogram.enums import ChatType
-from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.filters import Command, CommandStart
 from aiogram.types import BotCommand, Message
 
-from bot.addressing import quote_of
+from bot.addressing import prompt_of, quote_of
 from bot.answering import Answerer, asker_of
 from bot.config import Settings
 from bot.handlers.asking import ask
+from bot.paste_merger import PasteMerger
 from bot.providers import service_name
 from bot.storage.keys import ConversationKey
 
@@ -71,15 +72,15 @@ async def on_ask(
     bot: Bot,
     answerer: Answerer,
     conversation: ConversationKey,
-    command: CommandObject,
+    paste_merger: PasteMerger,
 ) -> None:
-    prompt = (command.args or "").strip()
-    if not prompt:
+    prompt = prompt_of(message, await bot.me(), command=True)
+    if not prompt.strip():
         if quote_of(message, await bot.me()) is None:
             await message.reply(ASK_USAGE)
             return
         prompt = "What do you say to this?"
-    await ask(message, bot, answerer, conversation, prompt)
+    await ask(message, bot, answerer, conversation, paste_merger, prompt)
 
 
 async def on_new(message: Message, answerer: Answerer, conversation: ConversationKey) -> None:

@@ -2,7 +2,7 @@
 
 A message is for the bot when it @mentions it (by entities), replies to one of its
 messages, or is ``/ask <text>`` (handled with the other commands). Everything else
-gets no handler at all, so it costs no API call.
+costs no API call: it is only looked at as a possible rest of a split paste.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from aiogram.enums import ChatType
 from aiogram.filters import Filter
 from aiogram.types import Message
 
-from bot.addressing import addressed, quote_of
+from bot.addressing import addressed, prompt_of, quote_of
 from bot.answering import Answerer
 from bot.handlers.asking import ask
+from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
@@ -37,6 +38,7 @@ async def on_addressed(
     bot: Bot,
     answerer: Answerer,
     conversation: ConversationKey,
+    paste_merger: PasteMerger,
     prompt: str,
 ) -> None:
     if message.text is None and message.caption is None:
@@ -47,11 +49,21 @@ async def on_addressed(
             await message.reply(ONLY_MENTION)
             return
         prompt = "What do you say to this?"
-    await ask(message, bot, answerer, conversation, prompt)
+    await ask(message, bot, answerer, conversation, paste_merger, prompt)
+
+
+async def on_rest_of_paste(
+    message: Message, bot: Bot, conversation: ConversationKey, paste_merger: PasteMerger
+) -> None:
+    """The rest of a long paste does not mention the bot, but belongs to a question
+    that did; anything else not addressed to the bot is left alone."""
+    key = PasteKey(conversation, sender_of(message))
+    await paste_merger.extend(key, message, prompt_of(message, await bot.me()))
 
 
 def create_router() -> Router:
     router = Router(name="group")
     router.message.filter(F.chat.type.in_(GROUP_TYPES))
     router.message.register(on_addressed, Addressed())
+    router.message.register(on_rest_of_paste, F.text | F.caption)
     return router
