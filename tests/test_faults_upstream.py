@@ -213,12 +213,12 @@ async def start(make_bot: BotFactory) -> BotHarness:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-async def history(redis: aioredis.Redis, chat_id: int) -> list[dict[str, str]]:
+async def history(redis: aioredis.Redis, chat_id: int) -> list[dict[str, str | int]]:
     return [json.loads(raw) for raw in await redis.lrange(f"gptalk:history:{chat_id}", 0, -1)]
 
 
-def turn(role: str, content: str) -> dict[str, str]:
-    return {"role": role, "content": content}
+def turn(role: str, content: str, asker: int = ANN_ID) -> dict[str, str | int]:
+    return {"role": role, "content": content, "asker": asker}
 
 
 def parts(markdown: str) -> list[str]:
@@ -309,8 +309,8 @@ async def test_upstream_fault(
     bob_end = texts_sent(tg, BOB_ID)[-1][0]
     assert bob_end > ann_end
     assert await history(redis, BOB_ID) == [
-        turn("user", BOB_PROMPT),
-        turn("assistant", BOB_ANSWER),
+        turn("user", BOB_PROMPT, BOB_ID),
+        turn("assistant", BOB_ANSWER, BOB_ID),
     ]
 
     # (3) /retry: a normal, complete answer, which replaces the failed one in history.

@@ -301,6 +301,22 @@ async def test_a_failed_provider_cools_down_then_is_tried_first_again(
     assert stats["openai"] == {"requests": 2, "failures": 0, "fallbacks": 2}
 
 
+async def test_a_cooling_provider_is_not_tried_even_when_the_others_fail(
+    make_bot: BotFactory, gptalk: FakeGPTalk, fake_openai: FakeOpenAI
+) -> None:
+    harness = await make_bot(**openai_settings(fake_openai, "gptalk,openai", provider_cooldown=300))
+    ann = harness.user(1001, "Ann")
+    gptalk.fail("login", status=500)
+    first = await ask(harness, ann, "one")
+    assert harness.answer(first) == OPENAI_ANSWER
+    gptalk_requests = len(gptalk.requests)
+    fake_openai.fail(status=503)
+    second = await ask(harness, ann, "two")
+    # GPTalk is skipped while it cools down: the healthy provider's failure is the answer.
+    assert harness.answer(second) == render(UNAVAILABLE).text
+    assert len(gptalk.requests) == gptalk_requests
+
+
 async def test_when_every_provider_cools_down_they_are_tried_in_order_anyway(
     make_bot: BotFactory, gptalk: FakeGPTalk, fake_openai: FakeOpenAI
 ) -> None:

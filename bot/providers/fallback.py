@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class FallbackLLM:
-    """Tries ``providers`` in order for each answer. One that failed is tried after
-    the others for ``cooldown`` seconds (it is not dropped: when every provider is
-    cooling down they are tried in order anyway); a success ends its cool-down."""
+    """Tries ``providers`` in order for each answer. One that failed is skipped for
+    ``cooldown`` seconds, so that a dead service does not add its timeout to every
+    prompt; when every provider is cooling down they are tried in order anyway. A
+    success ends a provider's cool-down."""
 
     def __init__(
         self,
@@ -53,7 +54,7 @@ class FallbackLLM:
     def order(self) -> list[Provider]:
         """The providers in the order this answer tries them."""
         ready = [p for p in self.providers if not self.cooling_down(p)]
-        return ready + [p for p in self.providers if self.cooling_down(p)]
+        return ready or list(self.providers)
 
     async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         error: ProviderError | None = None
