@@ -36,6 +36,7 @@ from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistorySt
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
+from bot.unwritable import Unwritable
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
 
 __all__ = ["Application", "StartupError", "build_application"]
@@ -168,6 +169,7 @@ async def build_application(
         session=session,
         default=DefaultBotProperties(link_preview_is_disabled=True),
     )
+    unwritable = Unwritable()
     answerer = Answerer(
         llm=llm,
         history=history,
@@ -177,6 +179,7 @@ async def build_application(
         stats=stats,
         user_limits=user_limits,
         unlimited_users=settings.admin_ids,
+        unwritable=unwritable,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,
@@ -187,6 +190,8 @@ async def build_application(
         heartbeat_file=settings.heartbeat_file,
         token_store=token_store,
         settings=settings,
+        history=history,
+        unwritable=unwritable,
     )
     return Application(
         settings, bot, dispatcher, answerer, llm, limiters, redis, pin_response_models()
