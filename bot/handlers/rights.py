@@ -20,6 +20,7 @@ from aiogram.types import (
     ChatMemberOwner,
     ChatMemberRestricted,
     ChatMemberUpdated,
+    Message,
 )
 
 from bot.storage.keys import ConversationKey
@@ -56,7 +57,9 @@ async def on_my_chat_member(update: ChatMemberUpdated, unwritable: Unwritable) -
         unwritable.add(chat)
 
 
-async def on_topic_reopened(unwritable: Unwritable, conversation: ConversationKey) -> None:
+async def on_topic_reopened(
+    _: Message, unwritable: Unwritable, conversation: ConversationKey
+) -> None:
     if unwritable.restore(conversation):
         log.info("topic %s was reopened", conversation)
 
