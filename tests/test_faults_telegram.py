@@ -710,3 +710,18 @@ async def test_closed_topic_stops_answering_there_until_reopened(
     assert harness.answer(reopened) == shown(answer_to("Ann: q5"))
     assert len(refusals(caplog, f"{FORUM}:{closed}")) == 1
     assert harness.tracker.errors == []
+
+
+async def test_a_user_who_blocked_the_bot_is_answered_when_they_write_again(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    fake_gptalk.reply = answer_to
+    harness = await start(make_bot)
+    ann = harness.user(ANN, "Ann")
+    tg.bot_member_changed(tg.private_chat(ann), "member", "kicked", user=ann)
+    harness.expect_pending()
+    await harness.settle()
+    # Writing to a bot unblocks it; its "member" update may be handled after the message.
+    hello = harness.say(ann, "hello")
+    await harness.settle()
+    assert harness.answer(hello) == shown(answer_to("hello"))
