@@ -1,8 +1,8 @@
 """Whether the bot may write in a chat, from Telegram's own updates about it.
 
-``my_chat_member`` tells when an admin restricts the bot (``restricted`` without
-``can_send_messages``), removes it (``left``, ``kicked``; in private: blocked) or
-gives it back the right to write; a ``forum_topic_reopened`` message reopens a
+``my_chat_member`` tells when an admin restricts the bot in a group (``restricted``
+without ``can_send_messages``), removes it (``left``, ``kicked``) or gives it back
+the right to write; a ``forum_topic_reopened`` message reopens a
 topic that refused the bot. What is learnt goes to :class:`~bot.unwritable.Unwritable`,
 which the answerer asks before it starts an answer.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from aiogram import F, Router
+from aiogram.enums import ChatType
 from aiogram.types import (
     ChatMemberAdministrator,
     ChatMemberBanned,
@@ -49,7 +50,9 @@ def can_write(member: ChatMember) -> bool:
 async def on_my_chat_member(update: ChatMemberUpdated, unwritable: Unwritable) -> None:
     chat = ConversationKey(update.chat.id)
     status = update.new_chat_member.status
-    if can_write(update.new_chat_member):
+    if can_write(update.new_chat_member) or update.chat.type == ChatType.PRIVATE:
+        # In private, "kicked" means blocked, and writing to the bot unblocks it: its
+        # next message must be answered even if this update is handled after it.
         if unwritable.restore(chat):
             log.info("the bot may write in chat %s again (%s)", chat, status)
     else:
