@@ -268,7 +268,7 @@ class Answerer:
             time.monotonic() - started,
         )
         # Only what somebody saw is remembered.
-        seen = delivered.markdown.strip() and delivered.message_ids and not generation.discard
+        seen = bool(delivered.markdown.strip() and delivered.message_ids) and not generation.discard
         try:
             if delivered.chat_id != conversation.chat_id:
                 # The group became a supergroup meanwhile: the conversation goes on there.
