@@ -31,7 +31,8 @@ from .storage.history import HistoryStore, Turn
 from .storage.keys import ConversationKey
 from .storage.stats import MemoryStats, Stats
 from .storage.user_limits import Decision, UserLimits, Verdict
-from .streaming import ChatUnavailableError, StreamingReply
+from .streaming import ChatUnavailableError, NoRightsError, StreamingReply
+from .unwritable import Unwritable
 
 __all__ = ["LLM", "Answerer", "asker_of", "build_prompt", "notice_for"]
 
@@ -89,6 +90,7 @@ class Answerer:
     stats: Stats = field(default_factory=MemoryStats)
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
+    unwritable: Unwritable = field(default_factory=Unwritable)
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
@@ -170,6 +172,9 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
     ) -> None:
+        if self.unwritable.covers(conversation):
+            log.debug("not answering in %s: the bot may not write there", conversation)
+            return
         asker = asker_of(message)
         # The gate keeps a conversation's prompts in arrival order through the
         # rate-limit check, up to taking a place in the line. Notices go out after
@@ -194,15 +199,20 @@ class Answerer:
                 if self._closing:
                     await message.reply(RESTARTING)
                     return
+                if self.unwritable.covers(conversation):  # learnt while this one waited
+                    return
                 try:
                     await self._generate(bot, message, conversation, user_turn, asker)
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
                     # queued prompt starts for a chat that cannot be written to.
                     log.warning(
-                        "chat %s is unavailable (%s); dropping its queue", message.chat.id, exc
+                        "chat %s is unavailable (%s); dropping its queue", conversation, exc
                     )
                     self._line.drop(conversation)
+                    if isinstance(exc, NoRightsError):
+                        where = conversation if exc.topic else ConversationKey(conversation.chat_id)
+                        self.unwritable.add(where)
         except LineDroppedError:
             pass
         finally:
@@ -278,13 +288,19 @@ class Answerer:
             len(delivered.message_ids),
             time.monotonic() - started,
         )
-        if delivered.markdown.strip() and not generation.discard:
-            try:
+        # Only what somebody saw is remembered.
+        seen = bool(delivered.markdown.strip() and delivered.message_ids) and not generation.discard
+        try:
+            if delivered.chat_id != conversation.chat_id:
+                # The group became a supergroup meanwhile: the conversation goes on there.
+                await self.history.move(conversation, ConversationKey(delivered.chat_id))
+                conversation = ConversationKey(delivered.chat_id)
+            if seen:
                 await self.history.append(
                     conversation, Turn(role="assistant", content=delivered.markdown, asker=asker)
                 )
-            except RedisError as exc:  # the user has the answer; only the memory of it is lost
-                log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
+        except RedisError as exc:  # the user has the answer; only the memory of it is lost
+            log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
 
     async def _deltas(self, prompt: list[Message]) -> AsyncIterator[str]:
         stream = self.llm.stream(prompt)

@@ -42,6 +42,7 @@ from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistorySt
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
+from bot.unwritable import Unwritable
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
 
 __all__ = ["Application", "StartupError", "build_application"]
@@ -219,6 +220,7 @@ async def build_application(
         session=session,
         default=DefaultBotProperties(link_preview_is_disabled=True),
     )
+    unwritable = Unwritable()
     answerer = Answerer(
         llm=llm,
         history=history,
@@ -229,6 +231,7 @@ async def build_application(
         stats=stats,
         user_limits=user_limits,
         admin_ids=settings.admin_ids,
+        unwritable=unwritable,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,
@@ -240,6 +243,8 @@ async def build_application(
         token_store=token_store,
         paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,
+        history=history,
+        unwritable=unwritable,
     )
     return Application(
         settings, bot, dispatcher, answerer, llm, scheduler, redis, pin_response_models()

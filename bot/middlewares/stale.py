@@ -17,6 +17,8 @@ from aiogram import BaseMiddleware
 from aiogram.enums import ChatType
 from aiogram.types import Message, TelegramObject
 
+from bot.chat_events import is_chat_event
+
 __all__ = ["MISSED", "StaleMessageMiddleware"]
 
 MISSED = (
@@ -36,7 +38,7 @@ class StaleMessageMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        if not isinstance(event, Message) or not self._stale(event):
+        if not isinstance(event, Message) or not self._stale(event) or is_chat_event(event):
             return await handler(event, data)
         now = time.monotonic()
         chat_id = event.chat.id

@@ -47,6 +47,15 @@ class HistoryStore(Protocol):
 
     async def clear(self, conversation: ConversationKey) -> None: ...
 
+    async def move(self, old: ConversationKey, new: ConversationKey) -> None:
+        """Give ``old``'s messages to ``new`` (a group that became a supergroup).
+
+        Nothing happens when ``old`` is empty, so moving twice is harmless. When
+        ``new`` has messages already, ``old``'s go after them: they can only be a
+        prompt that was still queued in the old chat when it migrated.
+        """
+        ...
+
 
 def _trim(messages: list[Turn], max_messages: int) -> list[Turn]:
     messages = messages[-max_messages:]
@@ -105,6 +114,13 @@ class MemoryHistoryStore:
     async def clear(self, conversation: ConversationKey) -> None:
         self._data.pop(conversation, None)
 
+    async def move(self, old: ConversationKey, new: ConversationKey) -> None:
+        moved = self._get(old)
+        if not moved or old == new:
+            return
+        del self._data[old]
+        self._put(new, _trim(self._get(new) + moved, self._max))
+
 
 # KEYS[1] = history list; ARGV = max_messages, ttl, message JSON…
 _APPEND: Final = """
@@ -146,6 +162,27 @@ return false
 """
 
 
+# KEYS[1] = old list, KEYS[2] = new list; ARGV = max_messages, ttl.
+_MOVE: Final = """
+if KEYS[1] == KEYS[2] or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+else
+  local moved = redis.call('LRANGE', KEYS[1], 0, -1)
+  for i = 1, #moved do redis.call('RPUSH', KEYS[2], moved[i]) end
+  redis.call('DEL', KEYS[1])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[1]), -1)
+  while true do
+    local first = redis.call('LINDEX', KEYS[2], 0)
+    if not first or cjson.decode(first)['role'] ~= 'assistant' then break end
+    redis.call('LPOP', KEYS[2])
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+
 class RedisHistoryStore:
     """History in Redis lists ``P:history:…`` of JSON ``{"role", "content"}``."""
 
@@ -154,6 +191,7 @@ class RedisHistoryStore:
         self._max, self._ttl = max_messages, ttl
         self._append = redis.register_script(_APPEND)
         self._pop_answer = redis.register_script(_POP_ANSWER)
+        self._move = redis.register_script(_MOVE)
 
     async def load(self, conversation: ConversationKey) -> list[Turn]:
         raw: Sequence[bytes | str] = await self._redis.lrange(
@@ -178,6 +216,11 @@ class RedisHistoryStore:
 
     async def clear(self, conversation: ConversationKey) -> None:
         await self._redis.delete(self._keys.history(conversation))
+
+    async def move(self, old: ConversationKey, new: ConversationKey) -> None:
+        await self._move(
+            keys=[self._keys.history(old), self._keys.history(new)], args=[self._max, self._ttl]
+        )
 
 
 def answer_index(turns: Sequence[Turn], asker: int | None) -> int | None:
