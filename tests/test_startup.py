@@ -29,7 +29,7 @@ def workdir(tmp_path: Path) -> Path:
 async def run_bot(env: dict[str, str], cwd: Path) -> tuple[int, list[str], str]:
     """Exit code, stderr's lines, stderr's text of a bot expected to stop at startup."""
     proc = await start_bot(env, cwd)
-    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    _out, err = await asyncio.wait_for(proc.communicate(), 180)
     assert proc.returncode is not None
     text = err.decode()
     return proc.returncode, text.strip().splitlines(), text
@@ -148,7 +148,7 @@ def test_gptalk_bot_console_script(tmp_path: Path) -> None:
     script = BIN / "gptalk-bot"
     assert script.is_file(), "pip install -e . puts the console script in the venv"
     done = subprocess.run(
-        [str(script)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60
+        [str(script)], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
