@@ -165,7 +165,7 @@ def test_gptalk_console_script(tmp_path: Path) -> None:
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
