@@ -28,6 +28,7 @@ from gptalk import (
     APITimeoutError,
     GPTalkError,
     Message,
+    ProtocolError,
     StreamInterruptedError,
     TokenStoreError,
     format_prompt,
@@ -53,6 +54,9 @@ BUSY = "⏳ I'm still answering your previous messages; send this one again in a
 BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a moment."
 SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
 NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
+PROVIDER_FAILED = (
+    "\n\n⚠️ _Something went wrong while writing this answer. Send /retry to try again._"
+)
 RESTARTING = "🔄 The bot is restarting and skipped this message: please send it again in a minute."
 
 
@@ -77,6 +81,14 @@ def notice_for(error: GPTalkError) -> str:
     else:
         text = "⚠️ _GPTalk sent an answer I could not read. Send /retry to try again._"
     return "\n\n" + text
+
+
+def loggable(error: GPTalkError) -> str:
+    """``error`` as logged above DEBUG: a protocol error's message may quote what
+    GPTalk sent — part of an answer, which is logged at DEBUG only."""
+    if isinstance(error, ProtocolError) and error.excerpt:
+        return f"{type(error).__name__} at {error.endpoint or 'GPTalk'} (details at DEBUG)"
+    return str(error)
 
 
 def build_prompt(system: str, history: Sequence[Message], max_chars: int) -> list[Message]:
@@ -270,9 +282,16 @@ class Answerer:
             async for delta in stream:
                 yield delta
         except GPTalkError as exc:
-            log.warning("GPTalk failed: %s", exc)
+            log.warning("GPTalk failed: %s", loggable(exc))
+            log.debug("GPTalk failed: %s (excerpt %r)", exc, getattr(exc, "excerpt", ""))
             await self.stats.incr("failures")
             yield notice_for(exc)
+        except Exception:
+            # A bug in a provider, not an upstream failure: the answer still ends with
+            # a readable notice, and the traceback (no prompt in it) goes to the log.
+            log.error("the LLM provider failed unexpectedly", exc_info=True)
+            await self.stats.incr("failures")
+            yield PROVIDER_FAILED
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # release the HTTP response now, also when stopped
