@@ -411,10 +411,29 @@ def example_variables() -> tuple[set[str], set[str]]:
 
 # design.md's variables that Settings does not read yet: shown commented out, with defaults.
 PLANNED = frozenset(
-    "GROUP_MAX_CONCURRENT MERGE_WINDOW STREAM_MODE DRAFT_INTERVAL DEFAULT_LANGUAGE LLM_PROVIDERS "
-    "OPENAI_BASE_URL OPENAI_API_KEY OPENAI_MODEL OPENAI_TEMPERATURE OPENAI_MAX_TOKENS "
-    "OPENAI_CONNECT_TIMEOUT OPENAI_READ_TIMEOUT PROVIDER_COOLDOWN WEBHOOK_SECRET WEBHOOK_HOST "
-    "WEBHOOK_PORT DROP_PENDING_UPDATES HEALTH_PORT LOG_FORMAT REPLICA_ID".split()
+    {
+        "GROUP_MAX_CONCURRENT",
+        "MERGE_WINDOW",
+        "STREAM_MODE",
+        "DRAFT_INTERVAL",
+        "DEFAULT_LANGUAGE",
+        "LLM_PROVIDERS",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_MODEL",
+        "OPENAI_TEMPERATURE",
+        "OPENAI_MAX_TOKENS",
+        "OPENAI_CONNECT_TIMEOUT",
+        "OPENAI_READ_TIMEOUT",
+        "PROVIDER_COOLDOWN",
+        "WEBHOOK_SECRET",
+        "WEBHOOK_HOST",
+        "WEBHOOK_PORT",
+        "DROP_PENDING_UPDATES",
+        "HEALTH_PORT",
+        "LOG_FORMAT",
+        "REPLICA_ID",
+    }
 )
 
 
