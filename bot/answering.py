@@ -46,6 +46,9 @@ BUSY = "⏳ I'm still answering your previous messages; send this one again in a
 BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a moment."
 SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
 NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
+PROVIDER_FAILED = (
+    "\n\n⚠️ _Something went wrong while writing this answer. Send /retry to try again._"
+)
 RESTARTING = "🔄 The bot is restarting and skipped this message: please send it again in a minute."
 
 
@@ -311,6 +314,12 @@ class Answerer:
             log.warning("%s failed: %s", exc.provider, exc)
             await self.stats.incr("failures")
             yield notice_for(exc)
+        except Exception:
+            # A bug in a provider, not an upstream failure: the answer still ends with
+            # a readable notice, and the traceback (no prompt in it) goes to the log.
+            log.error("the LLM provider failed unexpectedly", exc_info=True)
+            await self.stats.incr("failures")
+            yield PROVIDER_FAILED
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # release the HTTP response now, also when stopped
