@@ -203,10 +203,18 @@ class Answerer:
             self._tasks.discard(task)
 
     async def _within_rate_limit(self, message: TgMessage) -> bool:
-        user = message.from_user
-        if self.user_limits is None or user is None or user.id in self.unlimited_users:
+        if self.user_limits is None:
             return True
-        decision = await self.user_limits.hit(user.id)
+        # Sent on behalf of a chat (an anonymous admin, a channel): from_user is a service
+        # account shared by every group (GroupAnonymousBot), so the chat is the sender.
+        # It is never an admin sending as themselves, so it is never exempt.
+        if message.sender_chat is not None:
+            sender = message.sender_chat.id
+        elif message.from_user is not None and message.from_user.id not in self.unlimited_users:
+            sender = message.from_user.id
+        else:
+            return True
+        decision = await self.user_limits.hit(sender)
         if decision.verdict is Verdict.NOTIFY:
             await message.reply(SLOW_DOWN.format(seconds=max(1, round(decision.retry_in))))
         return decision.verdict is Verdict.ALLOW

@@ -38,7 +38,11 @@ class Decision:
 
 class UserLimits(Protocol):
     async def hit(self, user_id: int) -> Decision:
-        """Count one prompt of ``user_id`` if it is within the limit."""
+        """Count one prompt of ``user_id`` if it is within the limit.
+
+        The id is the sender's: a user's, or a chat's (negative) for messages sent on
+        behalf of a chat.
+        """
         ...
 
 
