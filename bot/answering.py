@@ -222,11 +222,12 @@ class Answerer:
             self._tasks.discard(task)
 
     async def _rate_limit(self, message: TgMessage) -> Decision | None:
-        """USER_RATE_LIMIT's decision for this prompt (None: not limited)."""
-        user = message.from_user
-        if self.user_limits is None or user is None:
+        """USER_RATE_LIMIT's decision for this prompt (None: not limited). Messages
+        sent on behalf of a chat count for that chat, and are never admin-exempt."""
+        if self.user_limits is None:
             return None
-        if user.id in self.admin_ids and message.sender_chat is None:
+        user = message.from_user
+        if message.sender_chat is None and (user is None or user.id in self.admin_ids):
             return None
         return await self.user_limits.hit(asker_of(message))
 

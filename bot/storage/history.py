@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from gptalk import Message
 
+from .expiry import ExpiringMap
 from .keys import ConversationKey, Keys
 
 __all__ = ["HistoryStore", "MemoryHistoryStore", "RedisHistoryStore", "Turn"]
@@ -70,28 +71,19 @@ class MemoryHistoryStore:
     def __init__(
         self, *, max_messages: int, ttl: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._max, self._ttl, self._clock = max_messages, ttl, clock
-        self._data: dict[ConversationKey, tuple[float, list[Turn]]] = {}
+        self._max = max_messages
+        # Expired conversations are dropped as later writes come in (amortized O(1)),
+        # so a process running for weeks holds only those written within ``ttl``.
+        self._data: ExpiringMap[ConversationKey, list[Turn]] = ExpiringMap(ttl, clock=clock)
 
     def _get(self, conversation: ConversationKey) -> list[Turn]:
-        entry = self._data.get(conversation)
-        if entry is None:
-            return []
-        expires, messages = entry
-        if expires <= self._clock():
-            del self._data[conversation]
-            return []
-        return messages
+        return self._data.get(conversation) or []
 
     def _put(self, conversation: ConversationKey, messages: list[Turn]) -> None:
-        if len(self._data) > 10_000:  # drop expired conversations now and then
-            now = self._clock()
-            for key in [k for k, (expires, _) in self._data.items() if expires <= now]:
-                del self._data[key]
         if messages:
-            self._data[conversation] = (self._clock() + self._ttl, messages)
+            self._data.put(conversation, messages)
         else:
-            self._data.pop(conversation, None)
+            self._data.pop(conversation)
 
     async def load(self, conversation: ConversationKey) -> list[Turn]:
         return [_copy(m) for m in self._get(conversation)]
@@ -112,13 +104,13 @@ class MemoryHistoryStore:
         return answer
 
     async def clear(self, conversation: ConversationKey) -> None:
-        self._data.pop(conversation, None)
+        self._data.pop(conversation)
 
     async def move(self, old: ConversationKey, new: ConversationKey) -> None:
         moved = self._get(old)
         if not moved or old == new:
             return
-        del self._data[old]
+        self._data.pop(old)
         self._put(new, _trim(self._get(new) + moved, self._max))
 
 

@@ -34,6 +34,10 @@ class Keys:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
-    def user_prompts(self, user_id: int) -> str:
-        """Sorted set of a user's recent prompt times (``USER_RATE_LIMIT``)."""
-        return f"{self.prefix}:ratelimit:{user_id}"
+    def user_prompts(self, sender_id: int) -> str:
+        """Sorted set of a sender's recent prompt times (``USER_RATE_LIMIT``).
+
+        The sender is a user (positive id) or, for messages sent on behalf of a chat,
+        that chat (negative id): the two never collide.
+        """
+        return f"{self.prefix}:ratelimit:{sender_id}"
