@@ -33,6 +33,7 @@ from gptalk import (
     format_prompt,
 )
 
+from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .queue import KeyedLock, Line, LineDroppedError
 from .ratelimit import Limiters
 from .storage.history import HistoryStore
@@ -109,6 +110,7 @@ class Answerer:
     stats: Stats = field(default_factory=MemoryStats)
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
     unlimited_users: frozenset[int] = frozenset()  # admins
+    journal: Journal = field(default_factory=MemoryJournal)  # answers in flight
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, _Generation] = field(init=False, default_factory=dict)
@@ -147,6 +149,7 @@ class Answerer:
             generation.discard = True
             generation.reply.stop(RESET)
         await self.history.clear(conversation)
+        await self.journal.forget(conversation)
 
     async def drain(self, grace: float) -> None:
         """On shutdown: let running answers finish for ``grace`` seconds, then stop
@@ -229,6 +232,15 @@ class Answerer:
             await self.history.append(conversation, user_turn)
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
+        language = message.from_user.language_code if message.from_user else None
+        entry = Entry.new(
+            conversation,
+            reply_to=message.message_id,
+            question=turns[-1]["content"],
+            language=language,
+        )
+        flight = InFlight(self.journal, entry)
+        await flight.begin()
         reply = StreamingReply(
             bot,
             self.limiters.for_chat(message.chat.id),
@@ -237,6 +249,7 @@ class Answerer:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             empty_notice=EMPTY,
             typing_interval=self.typing_interval,
+            on_progress=flight.progress,
         )
         generation = _Generation(reply)
         self._running[conversation] = generation
@@ -249,6 +262,10 @@ class Answerer:
             if self._running.get(conversation) is generation:
                 del self._running[conversation]
             await self.stats.set_active(len(self._running))
+            # Cancelled (the process is going away mid-answer): the entry stays, and
+            # recovery marks the answer interrupted.
+            if not _cancelling():
+                await flight.end()
         log.info(
             "answered in chat %s: %d chars, %d message(s), %.1f s",
             message.chat.id,
@@ -277,3 +294,8 @@ class Answerer:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # release the HTTP response now, also when stopped
                 await aclose()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -30,6 +30,8 @@ from redis.exceptions import RedisError
 
 from bot.answering import Answerer
 from bot.config import Settings
+from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
+from bot.delivery.recovery import Recovery
 from bot.dispatcher import create_dispatcher
 from bot.ratelimit import Limiters, RateLimitMiddleware, TelegramLimits
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
@@ -60,6 +62,7 @@ class Application:
     limiters: Limiters
     redis: Redis | None
     response_models: list[Any] = field(default_factory=list)
+    journal: Journal | None = None
 
     async def aclose(self) -> None:
         await self.bot.session.close()
@@ -102,11 +105,12 @@ async def connect_redis(url: str) -> Redis:
 
 
 async def build_application(
-    settings: Settings, *, limits: TelegramLimits | None = None
+    settings: Settings, *, limits: TelegramLimits | None = None, replica_id: str | None = None
 ) -> Application:
     keys = Keys(settings.redis_prefix)
     redis: Redis | None = None
     history: HistoryStore
+    journal: Journal
     token_store: TokenStore
     stats: Stats
     user_limits: UserLimits | None = None
@@ -117,6 +121,7 @@ async def build_application(
         )
         token_store = RedisTokenStore(redis, prefix=settings.redis_prefix)
         stats = RedisStats(redis, keys)
+        journal = RedisJournal(redis, keys, owner=replica_id, lease=settings.journal_lease)
         if settings.user_rate_limit:
             user_limits = RedisUserLimits(redis, keys, settings.user_rate_limit)
     else:
@@ -129,6 +134,7 @@ async def build_application(
         )
         token_store = MemoryTokenStore()
         stats = MemoryStats()
+        journal = MemoryJournal(owner=replica_id, lease=settings.journal_lease)
         if settings.user_rate_limit:
             user_limits = MemoryUserLimits(settings.user_rate_limit)
 
@@ -177,6 +183,7 @@ async def build_application(
         stats=stats,
         user_limits=user_limits,
         unlimited_users=settings.admin_ids,
+        journal=journal,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,
@@ -188,6 +195,11 @@ async def build_application(
         token_store=token_store,
         settings=settings,
     )
+    # Registered after the dispatcher's own hooks: at shutdown the lease outlives the
+    # answers still finishing, so that no other process interrupts them.
+    recovery = Recovery(bot, journal, history, interval=settings.journal_lease / 3)
+    dispatcher.startup.register(recovery.start)
+    dispatcher.shutdown.register(recovery.stop)
     return Application(
-        settings, bot, dispatcher, answerer, llm, limiters, redis, pin_response_models()
+        settings, bot, dispatcher, answerer, llm, limiters, redis, pin_response_models(), journal
     )

@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.delivery.journal import DEFAULT_LEASE
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     prompt_max_chars: int = Field(12000, ge=100)
     user_rate_limit: int = Field(10, ge=0)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
+    # Test-only: seconds a silent process still counts as alive, so that the crash
+    # tests need not wait the production lease out (bot/delivery/journal.py).
+    journal_lease: float = Field(DEFAULT_LEASE, ge=0.3, le=3600, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiogram import Bot
@@ -41,11 +41,15 @@ from aiogram.types import LinkPreviewOptions, ReplyParameters
 from .ratelimit import ChatLimiter, Limiters, Priority
 from .render import Rendered, cut_ranges, render, split
 
-__all__ = ["ChatUnavailableError", "Delivered", "StreamingReply"]
+__all__ = ["ChatUnavailableError", "Delivered", "Progress", "StreamingReply"]
 
 log = logging.getLogger(__name__)
 
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+# Called after each message sent or edited: the ids of the answer's messages, the
+# Markdown consumed so far, and the last message as Telegram shows it now.
+Progress = Callable[[tuple[int, ...], str, Rendered], Awaitable[None]]
 
 
 class ChatUnavailableError(Exception):
@@ -90,12 +94,14 @@ class StreamingReply:
         typing_interval: float = 4.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
+        on_progress: Progress | None = None,
     ) -> None:
         self._bot, self._limiter, self._chat_id = bot, limiter, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
         self._empty = Rendered(empty_notice)
         self._typing_interval = typing_interval
         self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
+        self._on_progress = on_progress
         self._chunks: list[str] = []
         self._changed = asyncio.Event()
         self._done = False
@@ -309,6 +315,7 @@ class StreamingReply:
             parse_mode=None,
         )
         self._shown.append(_Shown(message.message_id, content))
+        await self._progressed()
 
     async def _edit(self, index: int, content: Rendered) -> None:
         shown = self._shown[index]
@@ -321,6 +328,12 @@ class StreamingReply:
             parse_mode=None,
         )
         shown.content = content
+        await self._progressed()
+
+    async def _progressed(self) -> None:
+        if self._on_progress is not None:
+            ids = tuple(shown.message_id for shown in self._shown)
+            await self._on_progress(ids, self.markdown, self._shown[-1].content)
 
     def _bad_request(self, index: int, content: Rendered, description: str) -> bool:
         if "can't parse entities" in description and content.entities:
