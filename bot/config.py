@@ -19,7 +19,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.delivery.journal import DEFAULT_LEASE
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -62,7 +61,7 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     # Test-only: seconds a silent process still counts as alive, so that the crash
     # tests need not wait the production lease out (bot/delivery/journal.py).
-    journal_lease: float = Field(DEFAULT_LEASE, ge=0.3, le=3600, allow_inf_nan=False)
+    journal_lease: float = Field(15.0, ge=0.3, le=3600, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)
