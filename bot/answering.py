@@ -25,6 +25,7 @@ from gptalk import Message, format_prompt
 
 from .conversation.gate import KeyedLock
 from .conversation.line import Line, LineDroppedError
+from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn
@@ -94,6 +95,7 @@ class Answerer:
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
     unwritable: Unwritable = field(default_factory=Unwritable)
+    journal: Journal = field(default_factory=MemoryJournal)  # answers in flight
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
@@ -151,6 +153,7 @@ class Answerer:
             generation.discard = True
             generation.reply.stop(RESET)
         await self.history.clear(conversation)
+        await self.journal.forget(conversation)
 
     async def drain(self, grace: float) -> None:
         """On shutdown: let running answers finish for ``grace`` seconds, then stop
@@ -263,6 +266,16 @@ class Answerer:
                 await self.history.append(conversation, turn)
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
+        language = message.from_user.language_code if message.from_user else None
+        entry = Entry.new(
+            conversation,
+            reply_to=message.message_id,
+            question=turns[-1]["content"],
+            language=language,
+            asker=asker,
+        )
+        flight = InFlight(self.journal, entry)
+        await flight.begin()
         reply = StreamingReply(
             bot,
             self.scheduler,
@@ -271,6 +284,7 @@ class Answerer:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             empty_notice=EMPTY,
             typing_interval=self.typing_interval,
+            on_progress=flight.progress,
         )
         generation = _Generation(reply, asker)
         self._running.setdefault(conversation, []).append(generation)
@@ -285,6 +299,10 @@ class Answerer:
             if not running:
                 del self._running[conversation]
             await self.stats.set_active(self.active)
+            # Cancelled (the process is going away mid-answer): the entry stays, and
+            # recovery marks the answer interrupted.
+            if not _cancelling():
+                await flight.end()
         log.info(
             "answered in chat %s: %d chars, %d message(s), %.1f s",
             message.chat.id,
@@ -325,3 +343,8 @@ class Answerer:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # release the HTTP response now, also when stopped
                 await aclose()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiogram import Bot
@@ -49,11 +49,15 @@ from .delivery.budgets import Priority
 from .delivery.scheduler import Scheduler, SlotRequest
 from .render import MAX_MESSAGE_UNITS, Rendered, cut_ranges, render, split, utf16_len
 
-__all__ = ["ChatUnavailableError", "Delivered", "NoRightsError", "StreamingReply"]
+__all__ = ["ChatUnavailableError", "Delivered", "NoRightsError", "Progress", "StreamingReply"]
 
 log = logging.getLogger(__name__)
 
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+# Called after each message sent or edited: the ids of the answer's messages, the
+# Markdown consumed so far, and the last message as Telegram shows it now.
+Progress = Callable[[tuple[int, ...], str, Rendered], Awaitable[None]]
 
 
 class ChatUnavailableError(Exception):
@@ -119,12 +123,14 @@ class StreamingReply:
         typing_interval: float = 4.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
+        on_progress: Progress | None = None,
     ) -> None:
         self._bot, self._scheduler, self._chat_id = bot, scheduler, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
         self._empty = Rendered(empty_notice)
         self._typing_interval = typing_interval
         self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
+        self._on_progress = on_progress
         self._chunks: list[str] = []
         self._changed = asyncio.Event()
         self._done = False
@@ -390,6 +396,7 @@ class StreamingReply:
             parse_mode=None,
         )
         self._shown.append(_Shown(message.message_id, content))
+        await self._progressed()
 
     async def _edit(self, index: int, content: Rendered) -> None:
         shown = self._shown[index]
@@ -402,6 +409,12 @@ class StreamingReply:
             parse_mode=None,
         )
         shown.content = content
+        await self._progressed()
+
+    async def _progressed(self) -> None:
+        if self._on_progress is not None:
+            ids = tuple(shown.message_id for shown in self._shown)
+            await self._on_progress(ids, self.markdown, self._shown[-1].content)
 
     def _bad_request(self, index: int, content: Rendered, description: str) -> bool:
         if any(marker in description for marker in _NO_RIGHTS):

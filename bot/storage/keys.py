@@ -41,3 +41,16 @@ class Keys:
         that chat (negative id): the two never collide.
         """
         return f"{self.prefix}:ratelimit:{sender_id}"
+
+    @property
+    def journal(self) -> str:
+        """Set of the ids of answers in flight (``bot/delivery/journal.py``)."""
+        return f"{self.prefix}:journal"
+
+    def journal_entry(self, answer_id: str) -> str:
+        """Hash of one answer in flight: its owner and what it has shown so far."""
+        return f"{self.prefix}:journal:{answer_id}"
+
+    def owner(self, replica: str) -> str:
+        """A live process's lease: its incarnation, expiring unless renewed."""
+        return f"{self.prefix}:owner:{replica}"
