@@ -73,7 +73,7 @@ async def test_prompts_and_answers_stay_out_of_info_logs(
     assert leaks(caplog, PROMPT_MARK, ANSWER_MARK) == []
     # The failures themselves are logged, so the test looks at the right records.
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("GPTalk failed" in m for m in messages), messages
+    assert any("gptalk failed" in m for m in messages), messages
     assert any("provider failed" in m for m in messages), messages
 
 
