@@ -26,6 +26,7 @@ from gptalk import Message, format_prompt
 from .conversation.gate import KeyedLock
 from .conversation.line import Line, LineDroppedError
 from .delivery.scheduler import Scheduler
+from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn
 from .storage.keys import ConversationKey
@@ -89,6 +90,7 @@ class Answerer:
     stats: Stats = field(default_factory=MemoryStats)
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
+    metrics: Metrics = field(default_factory=Metrics)
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
@@ -171,6 +173,7 @@ class Answerer:
         user_turn: Message | None,
     ) -> None:
         asker = asker_of(message)
+        self.metrics.prompts.inc()
         # The gate keeps a conversation's prompts in arrival order through the
         # rate-limit check, up to taking a place in the line. Notices go out after
         # it: one user's notice must not hold up the others' prompts.
@@ -263,9 +266,14 @@ class Answerer:
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
         started = time.monotonic()
+        observed = self.metrics.answer()
         try:
-            delivered = await reply.run(self._deltas(prompt))
+            delivered = await reply.run(self._deltas(prompt, observed))
+        except ChatUnavailableError:
+            observed.failed("chat_unavailable")
+            raise
         finally:
+            observed.finish(reply.edits)
             running = self._running[conversation]
             running.remove(generation)
             if not running:
@@ -277,6 +285,7 @@ class Answerer:
             len(delivered.markdown),
             len(delivered.message_ids),
             time.monotonic() - started,
+            extra={"duration_s": round(time.monotonic() - started, 3)},
         )
         if delivered.markdown.strip() and not generation.discard:
             try:
@@ -286,12 +295,14 @@ class Answerer:
             except RedisError as exc:  # the user has the answer; only the memory of it is lost
                 log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
 
-    async def _deltas(self, prompt: list[Message]) -> AsyncIterator[str]:
+    async def _deltas(self, prompt: list[Message], observed: AnswerMetrics) -> AsyncIterator[str]:
         stream = self.llm.stream(prompt)
         try:
             async for delta in stream:
+                observed.text()
                 yield delta
         except ProviderError as exc:
+            observed.failed(type(exc).__name__.removeprefix("Provider").lower())
             log.warning("%s failed: %s", exc.provider, exc)
             await self.stats.incr("failures")
             yield notice_for(exc)

@@ -19,9 +19,11 @@ from aiogram.methods import (
     EditMessageText,
     GetMe,
     GetUpdates,
+    GetWebhookInfo,
     SendChatAction,
     SendMessage,
     SetMyCommands,
+    SetWebhook,
 )
 from aiogram.methods.base import Response
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -34,6 +36,7 @@ from bot.config import Settings
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.observability import LagProbe, Metrics, ObserveUpdates, TelegramCallMetrics
 from bot.paste_merger import MemoryPasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
@@ -42,6 +45,7 @@ from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistorySt
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
+from bot.transport.health import Health
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
 
 __all__ = ["Application", "StartupError", "build_application"]
@@ -65,6 +69,8 @@ class Application:
     llm: FallbackLLM
     scheduler: Scheduler
     redis: Redis | None
+    metrics: Metrics
+    health: Health
     response_models: list[Any] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -79,7 +85,10 @@ def pin_response_models() -> list[Any]:
     """aiogram parametrizes ``Response[...]`` for every API call and pydantic caches
     those classes only weakly, so without a reference they are rebuilt over and over
     (~20 % of the CPU under load, bench/REPORT.md). The app holds the ones it uses."""
-    used = (GetUpdates, GetMe, SendMessage, EditMessageText, SendChatAction, SetMyCommands)
+    used = (
+        GetUpdates, GetMe, SendMessage, EditMessageText, SendChatAction, SetMyCommands,
+        GetWebhookInfo, SetWebhook,
+    )  # fmt: skip
     return [Response.__class_getitem__(cast(Any, method.__returning__)) for method in used]
 
 
@@ -148,6 +157,7 @@ async def build_application(
     settings: Settings, *, limits: TelegramLimits | None = None
 ) -> Application:
     keys = Keys(settings.redis_prefix)
+    metrics = Metrics(settings.replica_id)
     redis: Redis | None = None
     history: HistoryStore
     token_store: TokenStore
@@ -181,6 +191,7 @@ async def build_application(
             user_limits = MemoryUserLimits(settings.user_rate_limit)
 
     async def count_login() -> None:
+        metrics.logins.inc()
         await stats.incr("logins")
 
     async def count_429() -> None:
@@ -201,7 +212,8 @@ async def build_application(
                 edit_interval=settings.edit_interval,
                 group_edit_interval=settings.group_edit_interval,
             )
-        )
+        ),
+        on_grant=lambda priority, waited: metrics.limiter_granted(priority.name.lower(), waited),
     )
     api = (
         TelegramAPIServer.from_base(settings.telegram_api_url)
@@ -214,6 +226,8 @@ async def build_application(
     session.middleware(
         RateLimitMiddleware(scheduler, on_retry_after=count_429, on_dropped=count_dropped)
     )
+    # Inside the rate limiter: it counts each request that reaches Telegram.
+    session.middleware(TelegramCallMetrics(metrics))
     bot = Bot(
         settings.bot_token.get_secret_value(),
         session=session,
@@ -229,7 +243,10 @@ async def build_application(
         stats=stats,
         user_limits=user_limits,
         admin_ids=settings.admin_ids,
+        metrics=metrics,
     )
+    metrics.streaming.set_function(lambda: answerer.active)
+    lag_probe = LagProbe(metrics)
     dispatcher = create_dispatcher(
         answerer=answerer,
         stats=stats,
@@ -240,7 +257,21 @@ async def build_application(
         token_store=token_store,
         paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,
+        lag_probe=lag_probe,
     )
+    dispatcher.update.outer_middleware(ObserveUpdates(metrics))
+    dispatcher.startup.register(lag_probe.start)
+    dispatcher.shutdown.register(lag_probe.stop)
+    health = Health(bot=bot, redis=redis, metrics=metrics)
     return Application(
-        settings, bot, dispatcher, answerer, llm, scheduler, redis, pin_response_models()
+        settings,
+        bot,
+        dispatcher,
+        answerer,
+        llm,
+        scheduler,
+        redis,
+        metrics,
+        health,
+        pin_response_models(),
     )

@@ -37,3 +37,7 @@ class Keys:
     def user_prompts(self, user_id: int) -> str:
         """Sorted set of a user's recent prompt times (``USER_RATE_LIMIT``)."""
         return f"{self.prefix}:ratelimit:{user_id}"
+
+    def update_claim(self, update_id: int) -> str:
+        """Set (NX, ~24 h) by the replica that processes this webhook update."""
+        return f"{self.prefix}:update:{update_id}"
