@@ -1129,7 +1129,7 @@ class FakeTelegram:
         # webhook
         self.webhook: dict[str, Any] | None = None
         """The registered webhook: ``url``, ``secret_token``, ``allowed_updates``."""
-        self.deliver = True
+        self._deliver = True
         self.webhook_retry = 1.0
         self.deliveries: list[tuple[int, int]] = []
         """Every webhook delivery attempt: (update_id, HTTP status; 0 = no connection)."""
@@ -1449,6 +1449,16 @@ class FakeTelegram:
     def long_poll_pending(self) -> bool:
         """Whether a getUpdates long poll is waiting right now."""
         return self._poll is not None
+
+    @property
+    def deliver(self) -> bool:
+        """Whether queued updates are POSTed to the registered webhook (like Telegram)."""
+        return self._deliver
+
+    @deliver.setter
+    def deliver(self, value: bool) -> None:
+        self._deliver = value
+        self._delivery_wake.set()
 
     def take_updates(self) -> list[dict[str, Any]]:
         """Remove and return the queued updates (to POST them by hand)."""
@@ -1908,7 +1918,7 @@ class FakeTelegram:
     def _m_setWebhook(self, params: dict[str, Any]) -> bool:
         url = params.get("url")
         if not isinstance(url, str):
-            raise _bad("parameter \"url\" is required")
+            raise _bad('parameter "url" is required')
         if not url:
             return self._m_deleteWebhook(params)
         secret = params.get("secret_token")
