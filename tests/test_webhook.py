@@ -362,3 +362,34 @@ async def test_pending_updates_are_dropped_only_when_the_url_changes(
     tg.deliver = True
     expected = render(fake_gptalk.answer).text
     await tg.wait_for(lambda: tg.visible_text(12, question["message_id"]) == expected, 30)
+
+
+async def test_two_pollers_get_one_clear_conflict_line(
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis_url: str,
+    tmp_path: Path,
+    procs: list[asyncio.subprocess.Process],
+) -> None:
+    env = bot_env(tg, fake_gptalk, REDIS_URL=redis_url)
+    first = await start_bot(env, tmp_path)
+    procs.append(first)
+    await tg.wait_for(lambda: tg.long_poll_pending, 30)
+    second = await start_bot(env, tmp_path)
+    procs.append(second)
+
+    def conflicts() -> int:
+        return len([c for c in tg.calls_to("getUpdates") if c.error_code == 409])
+
+    await tg.wait_for(lambda: conflicts() >= 6, 60)  # each has hit it several times
+    logs = []
+    for proc in (first, second):
+        proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        logs.append(err.decode())
+    together = "".join(logs)
+    lines = [line for line in together.splitlines() if "409" in line or "Conflict" in line]
+    assert 1 <= len(lines) <= 2, lines  # at most one per process
+    assert all("only one may poll" in line and "WEBHOOK_URL" in line for line in lines)
+    assert "TelegramConflictError" not in together
+    assert "Sleep for" not in together
