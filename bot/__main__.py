@@ -1,4 +1,5 @@
-"""``python -m bot``: load settings, build the application, poll until a signal.
+"""``python -m bot``: load settings, build the application, then receive updates
+until a signal: long polling, or a webhook server when ``WEBHOOK_URL`` is set.
 
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for invalid
 configuration, 1 when a dependency (Redis, Telegram) is unusable at startup.
@@ -23,15 +24,30 @@ from bot.app import Application, StartupError, build_application
 from bot.config import ConfigError, Settings, load_settings
 from bot.dispatcher import set_commands
 from bot.logs import redact, setup_logging
+from bot.storage.keys import Keys
+from bot.transport.polling import run_polling
+from bot.transport.webhook import (
+    MemoryUpdateClaims,
+    RedisUpdateClaims,
+    UpdateClaims,
+    WebhookError,
+    run_webhook,
+)
 
 log = logging.getLogger("bot")
 
 
 def secrets_of(settings: Settings) -> list[str]:
     """What must never be printed: the bot token (and its secret half on its own),
-    the model service's API key."""
+    the model service's API key, the webhook secret."""
     token = settings.bot_token.get_secret_value()
-    return [token, token.partition(":")[2], settings.openai_api_key.get_secret_value()]
+    webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    return [
+        token,
+        token.partition(":")[2],
+        settings.openai_api_key.get_secret_value(),
+        webhook_secret,
+    ]
 
 
 def bot_api_name(settings: Settings) -> str:
@@ -55,16 +71,67 @@ def telegram_failure(exc: AiogramError, settings: Settings) -> str:
 
 
 async def prepare(app: Application) -> None:
-    """Check the token, leave webhook mode, register the command menu."""
+    """Check the token, leave webhook mode when polling, register the command menu."""
+    webhook = app.settings.webhook_url is not None
     try:
         me = await app.bot.get_me()
-        await app.bot.delete_webhook()  # long polling and a webhook exclude each other
+        if not webhook:
+            await app.bot.delete_webhook()  # long polling and a webhook exclude each other
         await set_commands(app.bot, app.settings.admin_ids)
     except TelegramUnauthorizedError:
         raise StartupError("BOT_TOKEN: Telegram rejected the token") from None
     except AiogramError as exc:
         raise StartupError(telegram_failure(exc, app.settings)) from None
-    log.info("starting as @%s (id %s), long polling", me.username, me.id)
+    log.info(
+        "starting as @%s (id %s), %s, replica %s",
+        me.username,
+        me.id,
+        "webhook" if webhook else "long polling",
+        app.settings.replica_id,
+    )
+
+
+async def receive(app: Application) -> None:
+    """Hand updates to the dispatcher until a signal, by the configured transport."""
+    settings = app.settings
+    if settings.webhook_url is None:
+        await run_polling(
+            bot=app.bot,
+            dispatcher=app.dispatcher,
+            health=app.health,
+            health_port=settings.health_port,
+            health_host=settings.webhook_host,
+        )
+        return
+    assert settings.webhook_secret is not None  # checked with the settings
+    claims: UpdateClaims = (
+        RedisUpdateClaims(app.redis, Keys(settings.redis_prefix))
+        if app.redis is not None
+        else MemoryUpdateClaims()
+    )
+    try:
+        await run_webhook(
+            bot=app.bot,
+            dispatcher=app.dispatcher,
+            health=app.health,
+            metrics=app.metrics,
+            claims=claims,
+            url=settings.webhook_url,
+            path=settings.webhook_path,
+            secret=settings.webhook_secret.get_secret_value(),
+            host=settings.webhook_host,
+            port=settings.webhook_port,
+            drop_pending=settings.drop_pending_updates,
+            drain=app.answerer.drain,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+    except WebhookError as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:  # the port is taken, or the host is not ours
+        raise StartupError(
+            f"WEBHOOK_PORT: cannot listen on {settings.webhook_host}:{settings.webhook_port} "
+            f"({exc.strerror or exc})"
+        ) from None
 
 
 async def run(settings: Settings) -> None:
@@ -76,14 +143,9 @@ async def run(settings: Settings) -> None:
     gc.freeze()
     try:
         await prepare(app)
-        # aiogram handles SIGINT/SIGTERM: polling stops, then the dispatcher's
-        # shutdown hook lets running answers finish (SHUTDOWN_TIMEOUT).
-        await app.dispatcher.start_polling(
-            app.bot,
-            allowed_updates=app.dispatcher.resolve_used_update_types(),
-            handle_signals=True,
-            close_bot_session=False,
-        )
+        # On SIGINT/SIGTERM the transport stops taking updates, then running
+        # answers get SHUTDOWN_TIMEOUT to finish.
+        await receive(app)
     finally:
         await app.aclose()
     log.info("stopped")
@@ -95,7 +157,12 @@ def main() -> int:
     except ConfigError as exc:
         print(f"gptalk-bot: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, secrets=secrets_of(settings))
+    setup_logging(
+        settings.log_level,
+        secrets=secrets_of(settings),
+        fmt=settings.log_format,
+        replica=settings.replica_id,
+    )
     try:
         asyncio.run(run(settings))
     except StartupError as exc:

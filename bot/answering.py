@@ -27,6 +27,7 @@ from .conversation.gate import KeyedLock
 from .conversation.line import Line, LineDroppedError
 from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
+from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn
 from .storage.keys import ConversationKey
@@ -96,6 +97,7 @@ class Answerer:
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
     unwritable: Unwritable = field(default_factory=Unwritable)
     journal: Journal = field(default_factory=MemoryJournal)  # answers in flight
+    metrics: Metrics = field(default_factory=Metrics)
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
@@ -182,6 +184,7 @@ class Answerer:
             log.debug("not answering in %s: the bot may not write there", conversation)
             return
         asker = asker_of(message)
+        self.metrics.prompts.inc()
         # The gate keeps a conversation's prompts in arrival order through the
         # rate-limit check, up to taking a place in the line. Notices go out after
         # it: one user's notice must not hold up the others' prompts.
@@ -291,9 +294,14 @@ class Answerer:
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
         started = time.monotonic()
+        observed = self.metrics.answer()
         try:
-            delivered = await reply.run(self._deltas(prompt))
+            delivered = await reply.run(self._deltas(prompt, observed))
+        except ChatUnavailableError:
+            observed.failed("chat_unavailable")
+            raise
         finally:
+            observed.finish(reply.edits)
             running = self._running[conversation]
             running.remove(generation)
             if not running:
@@ -309,6 +317,7 @@ class Answerer:
             len(delivered.markdown),
             len(delivered.message_ids),
             time.monotonic() - started,
+            extra={"duration_s": round(time.monotonic() - started, 3)},
         )
         # Only what somebody saw is remembered.
         seen = bool(delivered.markdown.strip() and delivered.message_ids) and not generation.discard
@@ -324,12 +333,14 @@ class Answerer:
         except RedisError as exc:  # the user has the answer; only the memory of it is lost
             log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
 
-    async def _deltas(self, prompt: list[Message]) -> AsyncIterator[str]:
+    async def _deltas(self, prompt: list[Message], observed: AnswerMetrics) -> AsyncIterator[str]:
         stream = self.llm.stream(prompt)
         try:
             async for delta in stream:
+                observed.text()
                 yield delta
         except ProviderError as exc:
+            observed.failed(type(exc).__name__.removeprefix("Provider").lower())
             log.warning("%s failed: %s", exc.provider, exc)
             await self.stats.incr("failures")
             yield notice_for(exc)

@@ -19,9 +19,11 @@ from aiogram.methods import (
     EditMessageText,
     GetMe,
     GetUpdates,
+    GetWebhookInfo,
     SendChatAction,
     SendMessage,
     SetMyCommands,
+    SetWebhook,
 )
 from aiogram.methods.base import Response
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -36,6 +38,7 @@ from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
 from bot.delivery.recovery import Recovery
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.observability import LagProbe, Metrics, ObserveUpdates, TelegramCallMetrics
 from bot.paste_merger import MemoryPasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
@@ -44,6 +47,7 @@ from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistorySt
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
+from bot.transport.health import Health
 from bot.unwritable import Unwritable
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
 
@@ -68,6 +72,8 @@ class Application:
     llm: FallbackLLM
     scheduler: Scheduler
     redis: Redis | None
+    metrics: Metrics
+    health: Health
     response_models: list[Any] = field(default_factory=list)
     journal: Journal | None = None
 
@@ -83,7 +89,10 @@ def pin_response_models() -> list[Any]:
     """aiogram parametrizes ``Response[...]`` for every API call and pydantic caches
     those classes only weakly, so without a reference they are rebuilt over and over
     (~20 % of the CPU under load, bench/REPORT.md). The app holds the ones it uses."""
-    used = (GetUpdates, GetMe, SendMessage, EditMessageText, SendChatAction, SetMyCommands)
+    used = (
+        GetUpdates, GetMe, SendMessage, EditMessageText, SendChatAction, SetMyCommands,
+        GetWebhookInfo, SetWebhook,
+    )  # fmt: skip
     return [Response.__class_getitem__(cast(Any, method.__returning__)) for method in used]
 
 
@@ -149,9 +158,10 @@ def build_providers(
 
 
 async def build_application(
-    settings: Settings, *, limits: TelegramLimits | None = None, replica_id: str | None = None
+    settings: Settings, *, limits: TelegramLimits | None = None
 ) -> Application:
     keys = Keys(settings.redis_prefix)
+    metrics = Metrics(settings.replica_id)
     redis: Redis | None = None
     history: HistoryStore
     journal: Journal
@@ -170,7 +180,7 @@ async def build_application(
             read_timeout=settings.gptalk_read_timeout,
         )
         stats = RedisStats(redis, keys)
-        journal = RedisJournal(redis, keys, owner=replica_id, lease=settings.journal_lease)
+        journal = RedisJournal(redis, keys, owner=settings.replica_id, lease=settings.journal_lease)
         if settings.user_rate_limit:
             user_limits = RedisUserLimits(redis, keys, settings.user_rate_limit)
     else:
@@ -183,11 +193,12 @@ async def build_application(
         )
         token_store = MemoryTokenStore()
         stats = MemoryStats()
-        journal = MemoryJournal(owner=replica_id, lease=settings.journal_lease)
+        journal = MemoryJournal(owner=settings.replica_id, lease=settings.journal_lease)
         if settings.user_rate_limit:
             user_limits = MemoryUserLimits(settings.user_rate_limit)
 
     async def count_login() -> None:
+        metrics.logins.inc()
         await stats.incr("logins")
 
     async def count_429() -> None:
@@ -208,7 +219,8 @@ async def build_application(
                 edit_interval=settings.edit_interval,
                 group_edit_interval=settings.group_edit_interval,
             )
-        )
+        ),
+        on_grant=lambda priority, waited: metrics.limiter_granted(priority.name.lower(), waited),
     )
     api = (
         TelegramAPIServer.from_base(settings.telegram_api_url)
@@ -221,6 +233,8 @@ async def build_application(
     session.middleware(
         RateLimitMiddleware(scheduler, on_retry_after=count_429, on_dropped=count_dropped)
     )
+    # Inside the rate limiter: it counts each request that reaches Telegram.
+    session.middleware(TelegramCallMetrics(metrics))
     bot = Bot(
         settings.bot_token.get_secret_value(),
         session=session,
@@ -239,7 +253,10 @@ async def build_application(
         admin_ids=settings.admin_ids,
         unwritable=unwritable,
         journal=journal,
+        metrics=metrics,
     )
+    metrics.streaming.set_function(lambda: answerer.active)
+    lag_probe = LagProbe(metrics)
     dispatcher = create_dispatcher(
         answerer=answerer,
         stats=stats,
@@ -252,12 +269,17 @@ async def build_application(
         settings=settings,
         history=history,
         unwritable=unwritable,
+        lag_probe=lag_probe,
     )
+    dispatcher.update.outer_middleware(ObserveUpdates(metrics))
+    dispatcher.startup.register(lag_probe.start)
+    dispatcher.shutdown.register(lag_probe.stop)
     # Registered after the dispatcher's own hooks: at shutdown the lease outlives the
     # answers still finishing, so that no other process interrupts them.
     recovery = Recovery(bot, journal, history, interval=settings.journal_lease / 3)
     dispatcher.startup.register(recovery.start)
     dispatcher.shutdown.register(recovery.stop)
+    health = Health(bot=bot, redis=redis, metrics=metrics)
     return Application(
         settings,
         bot,
@@ -266,6 +288,8 @@ async def build_application(
         llm,
         scheduler,
         redis,
+        metrics,
+        health,
         pin_response_models(),
         journal,
     )

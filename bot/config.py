@@ -6,8 +6,12 @@ its variable, and validation errors name the variable, not the field.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -16,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url
@@ -92,15 +97,59 @@ class Settings(BaseSettings):
     journal_lease: float = Field(15.0, ge=0.3, le=3600, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
-    webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)
+
+    # Transport: webhook mode when WEBHOOK_URL is set (bot/transport/), else long polling.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = Field(8080, ge=1, le=65535)
+    drop_pending_updates: bool = False
+    health_port: Annotated[int | None, EmptyIsNone] = Field(None, ge=1, le=65535)
+    log_format: Literal["text", "json"] = "text"
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @field_validator("webhook_url", mode="before")
     @classmethod
-    def _no_webhooks_yet(cls, value: Any) -> Any:
-        # Failing beats silently polling (and deleting the webhook someone set up).
-        if isinstance(value, str) and value.strip():
-            raise ValueError("webhook mode is not implemented yet; unset it to use long polling")
-        return None
+    def _webhook_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ValueError("must be the public https:// URL Telegram calls")
+        return value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None
+            # Telegram's own rule for secret_token; anything else fails at setWebhook.
+            if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value):
+                raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("replica_id", mode="before")
+    @classmethod
+    def _replica_id(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return f"{socket.gethostname()}:{os.getpid()}"
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        # Without the secret anyone who finds the URL could feed the bot updates.
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_SECRET: is required when WEBHOOK_URL is set")
+        return self
+
+    @property
+    def webhook_path(self) -> str:
+        """The path served: the path of WEBHOOK_URL."""
+        return urlsplit(self.webhook_url or "").path or "/"
 
     @field_validator("bot_token")
     @classmethod
@@ -207,9 +256,13 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
-            name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
             message = "is required" if error["type"] == "missing" else error["msg"]
+            message = message.removeprefix("Value error, ")
+            if not error["loc"]:  # a whole-model check names its variables itself
+                problems.append(message)
+                continue
+            name = str(error["loc"][0]).upper()
             if name == "BOT_TOKEN" and error["type"] == "missing":
                 message = NO_BOT_TOKEN
-            problems.append(f"{name}: {message.removeprefix('Value error, ')}")
+            problems.append(f"{name}: {message}")
         raise ConfigError("; ".join(problems)) from None

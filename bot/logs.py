@@ -1,12 +1,29 @@
-"""Logging set-up: one format, and secrets masked in every record."""
+"""Logging set-up: text or JSON lines, and secrets masked in every record."""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Final
 
-__all__ = ["RedactingFilter", "redact", "setup_logging"]
+__all__ = ["JsonFormatter", "RedactingFilter", "log_context", "redact", "setup_logging"]
+
+# What the current update is about (chat, conversation, update id): set by the
+# dispatcher's outer middleware, copied into every task the handler starts.
+log_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "log_context", default=MappingProxyType({})
+)
+# Attributes every LogRecord has; anything else came in through ``extra=``.
+_STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 # GPTalk stream tokens travel in URLs (?token=…), bearer tokens in headers.
 _PATTERNS = (
@@ -57,9 +74,41 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str, *, secrets: Iterable[str] = ()) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, replica, the update's
+    context (chat, conversation) and whatever the call passed in ``extra=``."""
+
+    def __init__(self, replica: str) -> None:
+        super().__init__()
+        self._replica = replica
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "replica": self._replica,
+            **log_context.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(
+    level: str, *, secrets: Iterable[str] = (), fmt: str = "text", replica: str = ""
+) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(replica))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

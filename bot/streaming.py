@@ -142,6 +142,7 @@ class StreamingReply:
         self._room = MAX_MESSAGE_UNITS
         self._unplanned = 0
         self._shown: list[_Shown] = []
+        self.edits = 0  # editMessageText calls made
         self._plain: set[int] = set()  # parts whose entities Telegram rejected
         # Edits Telegram refused for no known reason: (content, times refused).
         self._refused: dict[int, tuple[Rendered, int]] = {}
@@ -400,6 +401,7 @@ class StreamingReply:
 
     async def _edit(self, index: int, content: Rendered) -> None:
         shown = self._shown[index]
+        self.edits += 1  # the metrics' edits per answer
         await self._bot.edit_message_text(
             text=content.text,
             chat_id=self._chat_id,

@@ -36,3 +36,15 @@ ensure_redis() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
   # The package starts a system instance; the tests never use it.
 }
+
+# ensure_nginx: Debian's nginx, for the test that runs deploy/nginx.conf in front of replicas.
+ensure_nginx() {
+  command -v nginx >/dev/null 2>&1 && return 0
+  [ -x /usr/sbin/nginx ] && return 0
+  echo "nginx not found: installing Debian's nginx package" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx >/dev/null
+  # The package may start a system instance on port 80; the tests run their own.
+}

@@ -145,6 +145,8 @@ class FakeGPTalk:
         self.token_lifetime = token_lifetime
         self.max_uses = max_uses
         self.login_delay = login_delay
+        self.hold: asyncio.Event | None = None
+        """When set to an Event: every stream waits for it before its first data line."""
         # server state
         self._faults = _Queues()
         self._tokens: dict[str, int] = {}  # bearer token -> expires_at
@@ -413,6 +415,8 @@ class FakeGPTalk:
         try:
             await resp.prepare(request)
             await resp.write(_KEEPALIVE)
+            if self.hold is not None:  # a test decides when the first chunk goes out
+                await self.hold.wait()
             # sent = data lines written so far; faults fire when `sent` reaches their count
             for sent in range(len(lines) + 1):
                 last = sent == len(lines)

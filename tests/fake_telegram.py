@@ -57,6 +57,17 @@ disconnects (aiogram's ``stop_polling`` cancels its request) ends its long poll 
 
 The fake delivers every group message (as if privacy mode were off or the bot an admin).
 
+Webhooks
+--------
+``setWebhook`` registers a URL (with ``secret_token`` and ``allowed_updates``; ``getWebhookInfo``
+reports them, ``drop_pending_updates`` clears the queue) and from then on ``getUpdates`` fails
+with 409 like Telegram's. While a webhook is set and :attr:`FakeTelegram.deliver` is true, queued
+updates are POSTed to it one at a time, in order, as JSON with the
+``X-Telegram-Bot-Api-Secret-Token`` header; an update is removed from the queue on a 2xx answer
+and retried after ``webhook_retry`` fake seconds otherwise (every attempt is recorded in
+:attr:`FakeTelegram.deliveries`). Tests may also POST an update themselves with
+:meth:`FakeTelegram.post_update` (to any URL, with any secret).
+
 Run it by hand::
 
     python -m tests.fake_telegram --port 8081
@@ -77,6 +88,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
+import aiohttp
 from aiohttp import web
 
 __all__ = [
@@ -108,6 +120,12 @@ CONFLICT: Final = (
     "Conflict: terminated by other getUpdates request; make sure that only one bot instance is "
     "running"
 )
+WEBHOOK_CONFLICT: Final = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete "
+    "the webhook first"
+)
+SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
+_SECRET_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 # canonical names of the methods the fake implements, by lower-case name
 _METHODS: Final[dict[str, str]] = {
@@ -117,6 +135,7 @@ _METHODS: Final[dict[str, str]] = {
         "getUpdates",
         "deleteWebhook",
         "getWebhookInfo",
+        "setWebhook",
         "sendMessage",
         "editMessageText",
         "sendChatAction",
@@ -1133,6 +1152,16 @@ class FakeTelegram:
         self._global_window = _Window(global_limit, 1.0)
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+        # webhook
+        self.webhook: dict[str, Any] | None = None
+        """The registered webhook: ``url``, ``secret_token``, ``allowed_updates``."""
+        self._deliver = True
+        self.webhook_retry = 1.0
+        self.deliveries: list[tuple[int, int]] = []
+        """Every webhook delivery attempt: (update_id, HTTP status; 0 = no connection)."""
+        self._deliverer: asyncio.Task[None] | None = None
+        self._delivery_wake = asyncio.Event()
+        self._client: Any = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -1163,6 +1192,14 @@ class FakeTelegram:
         self._closing = True
         if self._poll is not None:
             self._poll.wake("close")
+        if self._deliverer is not None:
+            self._deliverer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deliverer
+            self._deliverer = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -1472,6 +1509,7 @@ class FakeTelegram:
         self._updates.sort(key=lambda u: int(u["update_id"]))
         if self._poll is not None:
             self._poll.wake("update")
+        self._delivery_wake.set()
 
     @property
     def pending_updates(self) -> list[dict[str, Any]]:
@@ -1482,6 +1520,46 @@ class FakeTelegram:
     def long_poll_pending(self) -> bool:
         """Whether a getUpdates long poll is waiting right now."""
         return self._poll is not None
+
+    @property
+    def deliver(self) -> bool:
+        """Whether queued updates are POSTed to the registered webhook (like Telegram)."""
+        return self._deliver
+
+    @deliver.setter
+    def deliver(self, value: bool) -> None:
+        self._deliver = value
+        self._delivery_wake.set()
+
+    def take_updates(self) -> list[dict[str, Any]]:
+        """Remove and return the queued updates (to POST them by hand)."""
+        updates, self._updates = self._updates, []
+        return updates
+
+    async def post_update(
+        self,
+        update: dict[str, Any],
+        url: str | None = None,
+        secret: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """POST ``update`` like Telegram: to ``url`` (default: the registered webhook) with
+        ``secret`` (default: the registered one; ``""``: no header). Returns (status, body)."""
+        if url is None or secret is None:
+            if self.webhook is None:
+                raise RuntimeError("no webhook is registered")
+            if url is None:
+                url = self.webhook["url"]
+            if secret is None:
+                secret = self.webhook.get("secret_token") or ""
+        sent = dict(headers or {})
+        if secret:
+            sent[SECRET_HEADER] = secret
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        async with self._client.post(url, json=update, headers=sent) as response:
+            return response.status, await response.text()
 
     # ---- inspection ----------------------------------------------------------------------
 
@@ -1952,6 +2030,8 @@ class FakeTelegram:
             known = frozenset(a.lower() for a in allowed) & _ALL_UPDATE_TYPES
             if known or not allowed:
                 self._allowed_updates = known or _DEFAULT_UPDATE_TYPES
+        if self.webhook is not None:
+            raise _ApiError(409, WEBHOOK_CONFLICT)
         self._confirm(offset)
         if self._updates or timeout == 0 or self._closing:
             return self._updates[:limit]
@@ -1967,7 +2047,54 @@ class FakeTelegram:
                 self._poll = None
         if poll.woken.done() and poll.woken.result() == "conflict":
             raise _ApiError(409, CONFLICT)
+        if poll.woken.done() and poll.woken.result() == "webhook":
+            raise _ApiError(409, WEBHOOK_CONFLICT)
         return self._updates[:limit]
+
+    async def _deliver_webhook(self) -> None:
+        """Telegram's side of a webhook: the queue, POSTed in order, retried on failure."""
+        while True:
+            if self.webhook is None or not self.deliver or not self._updates:
+                self._delivery_wake.clear()
+                await self._delivery_wake.wait()
+                continue
+            update = self._updates[0]
+            try:
+                status, _ = await self.post_update(update)
+            except TimeoutError:
+                status = 504
+            except (OSError, aiohttp.ClientError):
+                status = 0
+            self.deliveries.append((int(update["update_id"]), status))
+            if 200 <= status < 300:
+                with contextlib.suppress(ValueError):
+                    self._updates.remove(update)
+            else:
+                await asyncio.sleep(self.webhook_retry * self.time_scale)
+
+    def _m_setWebhook(self, params: dict[str, Any]) -> bool:
+        url = params.get("url")
+        if not isinstance(url, str):
+            raise _bad('parameter "url" is required')
+        if not url:
+            return self._m_deleteWebhook(params)
+        secret = params.get("secret_token")
+        if secret is not None and not (isinstance(secret, str) and _SECRET_RE.fullmatch(secret)):
+            raise _bad("secret token contains unallowed characters")
+        allowed = params.get("allowed_updates")
+        if isinstance(allowed, list) and all(isinstance(a, str) for a in allowed):
+            known = frozenset(a.lower() for a in allowed) & _ALL_UPDATE_TYPES
+            if known or not allowed:
+                self._allowed_updates = known or _DEFAULT_UPDATE_TYPES
+        if params.get("drop_pending_updates"):
+            self._updates.clear()
+        self.webhook = {"url": url, "secret_token": secret, "allowed_updates": allowed}
+        if self._poll is not None:
+            self._poll.wake("webhook")
+        if self._deliverer is None or self._deliverer.done():
+            self._deliverer = asyncio.get_running_loop().create_task(self._deliver_webhook())
+        self._delivery_wake.set()
+        return True
 
     def _confirm(self, offset: int) -> None:
         if offset > 0:
@@ -1978,14 +2105,18 @@ class FakeTelegram:
     def _m_deleteWebhook(self, params: dict[str, Any]) -> bool:
         if params.get("drop_pending_updates"):
             self._updates.clear()
+        self.webhook = None
         return True
 
     def _m_getWebhookInfo(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "url": "",
+        info: dict[str, Any] = {
+            "url": self.webhook["url"] if self.webhook else "",
             "has_custom_certificate": False,
             "pending_update_count": len(self._updates),
         }
+        if self.webhook and self.webhook.get("allowed_updates") is not None:
+            info["allowed_updates"] = self.webhook["allowed_updates"]
+        return info
 
     def _m_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         chat = self._chat(params)

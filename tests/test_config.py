@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from pathlib import Path
 
@@ -37,6 +38,13 @@ VARIABLES = (
     "SHUTDOWN_TIMEOUT",
     "MERGE_WINDOW",
     "WEBHOOK_URL",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_HOST",
+    "WEBHOOK_PORT",
+    "DROP_PENDING_UPDATES",
+    "HEALTH_PORT",
+    "LOG_FORMAT",
+    "REPLICA_ID",
     "LOG_LEVEL",
 )
 
@@ -389,13 +397,45 @@ def test_settings_are_frozen(token: str) -> None:
         settings.gptalk_model = "other"  # type: ignore[misc]
 
 
-def test_webhook_url_is_refused_until_webhooks_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhook_url_needs_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOT_TOKEN", "123:abc")
-    monkeypatch.setenv("WEBHOOK_URL", "https://example.com/hook")
-    with pytest.raises(ConfigError, match="WEBHOOK_URL: webhook mode is not implemented"):
+    monkeypatch.setenv("WEBHOOK_URL", "https://example.com/tg/hook")
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_SECRET: is required when WEBHOOK_URL is set$"):
         load_settings()
+    monkeypatch.setenv("WEBHOOK_SECRET", "s3cret_-X")
+    settings = load_settings()
+    assert settings.webhook_path == "/tg/hook"
+    assert (settings.webhook_host, settings.webhook_port) == ("0.0.0.0", 8080)
+    assert settings.drop_pending_updates is False
     monkeypatch.setenv("WEBHOOK_URL", "")
     assert load_settings().webhook_url is None
+
+
+def test_webhook_secret_must_be_what_telegram_accepts(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    message = config_error(
+        monkeypatch, WEBHOOK_URL="https://example.com/hook", WEBHOOK_SECRET="has space"
+    )
+    assert message.startswith("WEBHOOK_SECRET: must be 1-256 characters")
+    assert "has space" not in message
+
+
+def test_observability_settings(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    settings = load_settings()
+    assert settings.log_format == "text"
+    assert settings.health_port is None
+    assert settings.replica_id.endswith(f":{os.getpid()}")
+    monkeypatch.setenv("LOG_FORMAT", "JSON")
+    monkeypatch.setenv("REPLICA_ID", "bot-2")
+    monkeypatch.setenv("HEALTH_PORT", "9100")
+    settings = load_settings()
+    assert (settings.log_format, settings.replica_id, settings.health_port) == (
+        "json",
+        "bot-2",
+        9100,
+    )
+    assert "LOG_FORMAT" in config_error(monkeypatch, LOG_FORMAT="xml")
 
 
 # --- .env.example stays in sync ------------------------------------------------------------------

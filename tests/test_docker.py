@@ -243,3 +243,23 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
         assert needed in patterns, needed
     for copied in ("pyproject.toml", "README.md", "gptalk", "bot"):
         assert copied not in patterns, f"{copied} is needed by the build"
+
+
+def test_replicas_profile_runs_three_webhook_replicas_behind_nginx(compose: dict[str, Any]) -> None:
+    replicas = [service(compose, f"bot-{i}") for i in (1, 2, 3)]
+    base = environment(service(compose, "bot"))
+    for i, replica in enumerate(replicas, 1):
+        assert replica["profiles"] == ["replicas"]
+        assert replica["build"] == service(compose, "bot")["build"]
+        env = environment(replica)
+        assert env["REPLICA_ID"] == f"bot-{i}"
+        assert env["REDIS_URL"] == "redis://redis:6379/0"  # shared state: claims, budgets
+        assert {k for k in base if k not in env} == set()
+        assert env["WEBHOOK_URL"] is None  # from .env or the shell
+    nginx = service(compose, "nginx")
+    assert nginx["profiles"] == ["replicas"]
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    for i in (1, 2, 3):
+        assert f"server bot-{i}:8080" in conf
+    assert "profiles" not in service(compose, "bot")

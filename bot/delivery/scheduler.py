@@ -54,12 +54,14 @@ class ChatterDroppedError(Exception):
 class SlotRequest:
     """A call waiting for its slot. ``await request.granted`` resolves on the grant."""
 
-    __slots__ = ("_scheduler", "chat_id", "granted", "priority", "seq")
+    __slots__ = ("_scheduler", "asked_at", "chat_id", "granted", "priority", "seq")
 
     def __init__(self, scheduler: Scheduler, chat_id: int, priority: Priority, seq: int) -> None:
         self._scheduler = scheduler
         self.chat_id, self.priority, self.seq = chat_id, priority, seq
-        self.granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.granted: asyncio.Future[None] = loop.create_future()
+        self.asked_at = loop.time()
 
     @property
     def done(self) -> bool:
@@ -107,8 +109,12 @@ _call_priority: contextvars.ContextVar[Priority] = contextvars.ContextVar(
 class Scheduler:
     """The bot-wide queue of calls waiting for a slot (see the module docstring)."""
 
-    def __init__(self, budgets: Budgets) -> None:
+    def __init__(
+        self, budgets: Budgets, *, on_grant: Callable[[Priority, float], None] | None = None
+    ) -> None:
         self.budgets = budgets
+        # Told each grant's priority and wait in seconds (the metrics).
+        self._on_grant = on_grant
         self.limits = budgets.limits
         self._scale = budgets.limits.time_scale
         self._seq = itertools.count()
@@ -282,6 +288,8 @@ class Scheduler:
                         if head.done:  # withdrawn while we asked: the slot is spent
                             continue
                         head.granted.set_result(None)
+                        if self._on_grant is not None:
+                            self._on_grant(head.priority, loop.time() - head.asked_at)
                         self._head_changed(chat_id, line)
                         continue
                     if verdict.scope is Scope.BOT:

@@ -14,6 +14,7 @@ from aiogram.filters import Command, Filter
 from aiogram.types import BotCommand, Message
 
 from bot.config import Settings
+from bot.observability import LagProbe
 from bot.storage.stats import Stats
 from gptalk import TokenStore
 
@@ -78,7 +79,9 @@ async def on_reset_token(message: Message, token_store: TokenStore) -> None:
     )
 
 
-async def on_stats(message: Message, stats: Stats, settings: Settings) -> None:
+async def on_stats(
+    message: Message, stats: Stats, settings: Settings, lag_probe: LagProbe | None = None
+) -> None:
     numbers = await stats.snapshot()
     providers = await stats.providers()
     lines = []
@@ -93,6 +96,12 @@ async def on_stats(message: Message, stats: Stats, settings: Settings) -> None:
                 f", first text after {counts['first_text_ms'] / counts['first_texts'] / 1000:.1f} s"
             )
         lines.append(line)
+    lag = (
+        f"\n\nEvent-loop lag (this process): {lag_probe.last * 1000:.0f} ms now, "
+        f"{lag_probe.worst * 1000:.0f} ms at worst"
+        if lag_probe is not None
+        else ""
+    )
     await message.answer(
         "📊 Statistics (all processes)\n"
         f"Requests: {numbers['requests']}\n"
@@ -100,7 +109,7 @@ async def on_stats(message: Message, stats: Stats, settings: Settings) -> None:
         f"GPTalk logins: {numbers['logins']}\n"
         f"Telegram 429s: {numbers['429s']}\n"
         f"Streaming now: {numbers['active']}\n\n"
-        "Providers, in fallback order:\n" + "\n".join(lines)
+        "Providers, in fallback order:\n" + "\n".join(lines) + lag
     )
 
 

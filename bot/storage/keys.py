@@ -54,3 +54,7 @@ class Keys:
     def owner(self, replica: str) -> str:
         """A live process's lease: its incarnation, expiring unless renewed."""
         return f"{self.prefix}:owner:{replica}"
+
+    def update_claim(self, update_id: int) -> str:
+        """Set (NX, ~24 h) by the replica that processes this webhook update."""
+        return f"{self.prefix}:update:{update_id}"

@@ -1,0 +1,1 @@
+"""How updates arrive: long polling (one process) or a webhook (any number of replicas)."""

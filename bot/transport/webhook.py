@@ -1,0 +1,224 @@
+"""Webhook mode: Telegram POSTs updates to ``WEBHOOK_URL``; several replicas may
+share the work behind a load balancer.
+
+Each request is checked (``X-Telegram-Bot-Api-Secret-Token``, else 401), its
+``update_id`` claimed once for all replicas (Redis ``SET NX EX``; Telegram
+redelivers an update it thinks was lost, and a load balancer may send the copy to
+another replica), and answered 200 at once: the update is processed in a
+background task, since an answer streams for up to minutes and Telegram would
+time out and redeliver. A claim that cannot be made (Redis down) is answered 503,
+so Telegram tries again later rather than the update being lost or run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
+
+from aiogram import Bot, Dispatcher
+from aiogram.exceptions import TelegramAPIError
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bot.observability import Metrics
+from bot.storage.keys import Keys
+from bot.transport.health import Health
+
+__all__ = [
+    "MemoryUpdateClaims",
+    "RedisUpdateClaims",
+    "UpdateClaims",
+    "WebhookError",
+    "WebhookHandler",
+    "register_webhook",
+    "run_webhook",
+]
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL: Final = 24 * 3600  # Telegram gives up redelivering long before this
+MEMORY_CLAIMS: Final = 100_000
+
+
+class WebhookError(Exception):
+    """Telegram refused the webhook; the message is the one line to print."""
+
+
+class UpdateClaims(Protocol):
+    async def claim(self, update_id: int) -> bool:
+        """True for the first claim of ``update_id``; raises when it cannot be decided."""
+        ...
+
+
+class RedisUpdateClaims:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis, self._keys = redis, keys
+
+    async def claim(self, update_id: int) -> bool:
+        fresh = await self._redis.set(self._keys.update_claim(update_id), 1, nx=True, ex=CLAIM_TTL)
+        return bool(fresh)
+
+
+class MemoryUpdateClaims:
+    """One replica without Redis: the newest ``limit`` ids, oldest forgotten first."""
+
+    def __init__(self, limit: int = MEMORY_CLAIMS) -> None:
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._limit = limit
+
+    async def claim(self, update_id: int) -> bool:
+        if update_id in self._seen:
+            return False
+        self._seen[update_id] = None
+        if len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+        return True
+
+
+class WebhookHandler(SimpleRequestHandler):
+    """aiogram's handler, plus the claim, the drain state and task tracking."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        bot: Bot,
+        *,
+        secret_token: str,
+        claims: UpdateClaims,
+        health: Health,
+        metrics: Metrics,
+        **data: Any,
+    ) -> None:
+        super().__init__(
+            dispatcher, bot, handle_in_background=True, secret_token=secret_token, **data
+        )
+        self._claims = claims
+        self._health = health
+        self._metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self._health.draining:  # Telegram retries; another replica takes it
+            return web.Response(status=503, text="draining")
+        header = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not self.verify_secret(header, self.bot):
+            log.warning("webhook request without the right secret token from %s", request.remote)
+            return web.Response(status=401, text="Unauthorized")
+        try:
+            update = await request.json(loads=self.bot.session.json_loads)
+            update_id = int(update["update_id"])
+        except (ValueError, TypeError, KeyError):
+            return web.Response(status=400, text="not an update")
+        try:
+            fresh = await self._claims.claim(update_id)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "update %s not claimed, Redis failed (%s): asking for redelivery", update_id, exc
+            )
+            return web.Response(status=503, text="storage unavailable")
+        if not fresh:
+            self._metrics.webhook_duplicates.inc()
+            log.info("update %s already claimed: skipped", update_id)
+            return web.json_response({})
+        task = asyncio.create_task(self._process(update), name=f"update-{update_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return web.json_response({})
+
+    async def _process(self, update: dict[str, Any]) -> None:
+        try:
+            await self._background_feed_update(self.bot, update)
+        except Exception:  # one bad update must not go unnoticed, nor stop the others
+            log.exception("update %s failed", update.get("update_id"))
+
+    async def close(self) -> None:
+        """The composition root closes the bot's session (after the drain)."""
+
+    async def drain(self, grace: float) -> None:
+        """Wait for updates being processed, then cancel what is left."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+
+async def register_webhook(
+    bot: Bot, url: str, secret: str, allowed_updates: list[str], drop_pending: bool
+) -> None:
+    """setWebhook, dropping pending updates only when the URL changes: a replica that
+    restarts in a rolling deploy must not throw away the updates meant for the others."""
+    info = await bot.get_webhook_info()
+    changed = info.url != url
+    await bot.set_webhook(
+        url,
+        secret_token=secret,
+        allowed_updates=allowed_updates,
+        drop_pending_updates=drop_pending and changed,
+    )
+    if changed:
+        log.info("webhook registered%s", " (pending updates dropped)" if drop_pending else "")
+
+
+async def run_webhook(
+    *,
+    bot: Bot,
+    dispatcher: Dispatcher,
+    health: Health,
+    metrics: Metrics,
+    claims: UpdateClaims,
+    url: str,
+    path: str,
+    secret: str,
+    host: str,
+    port: int,
+    drop_pending: bool,
+    drain: Callable[[float], Awaitable[None]],
+    shutdown_timeout: float,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (503 meanwhile) and stop.
+
+    ``drain(grace)`` lets running answers finish (the answerer's); after it, updates
+    still being processed get a few more seconds.
+    """
+    app = web.Application()
+    handler = WebhookHandler(
+        dispatcher, bot, secret_token=secret, claims=claims, health=health, metrics=metrics
+    )
+    handler.register(app, path=path)
+    health.register(app)
+    setup_application(app, dispatcher, bot=bot)  # the dispatcher's startup/shutdown hooks
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        try:
+            await register_webhook(
+                bot, url, secret, dispatcher.resolve_used_update_types(), drop_pending
+            )
+        except TelegramAPIError as exc:
+            raise WebhookError(f"WEBHOOK_URL: Telegram refused the webhook ({exc})") from None
+        log.info("webhook mode: serving %s on %s:%s", path, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopping: draining (the webhook and /readyz answer 503 meanwhile)")
+        health.draining = True
+        await drain(shutdown_timeout)
+        await handler.drain(10.0)
+    finally:
+        await runner.cleanup()
