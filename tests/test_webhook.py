@@ -140,7 +140,12 @@ async def test_webhook_answers_with_health_metrics_and_json_logs(
     await tg.wait_for(lambda: tg.visible_text(user["id"], question["message_id"]) == expected, 30)
     assert tg.deliveries == [(tg.deliveries[0][0], 200)]
 
-    status, text = await get(http, port, "/metrics")
+    # The answer is counted once the bot has the final edit's response: moments later.
+    for _ in range(100):
+        status, text = await get(http, port, "/metrics")
+        if metric(text, "gptalk_bot_answers_completed_total") == 1:
+            break
+        await asyncio.sleep(0.05)
     assert status == 200
     assert metric(text, "gptalk_bot_updates_received_total", type="message") == 1
     assert metric(text, "gptalk_bot_prompts_total") == 1
