@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot.app import connect_redis
+from bot.app import build_application, connect_redis
+from bot.config import load_settings
 from bot.delivery.budgets import MemoryBudgets, Priority, TelegramLimits
 from bot.delivery.redis_budgets import RedisBudgets
 from bot.delivery.scheduler import Scheduler
@@ -29,6 +30,26 @@ from tests.test_faults_redis import RedisServer
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = "gptalk:test:grants"
 Grant = tuple[str, int, int, float]  # process, chat, priority, Redis time (Telegram s)
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_redis", [True, False], ids=["REDIS_URL", "no REDIS_URL"])
+async def test_the_app_shares_budgets_through_redis_when_it_has_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str, with_redis: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("BOT_TOKEN", "123456:TEST")
+    monkeypatch.setenv("REDIS_URL", redis_url if with_redis else "")
+    monkeypatch.setenv("TELEGRAM_TIME_SCALE", "0.1")
+    app = await build_application(load_settings())
+    try:
+        budgets = app.scheduler.budgets
+        assert isinstance(budgets, RedisBudgets if with_redis else MemoryBudgets)
+        assert budgets.limits.time_scale == 0.1
+    finally:
+        await app.aclose()
 
 
 # --- keys --------------------------------------------------------------------------------------
