@@ -11,14 +11,47 @@ import gc
 import logging
 import sys
 
-from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramUnauthorizedError
+from aiogram.exceptions import (
+    AiogramError,
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramUnauthorizedError,
+)
+from yarl import URL
 
 from bot.app import Application, StartupError, build_application
 from bot.config import ConfigError, Settings, load_settings
 from bot.dispatcher import set_commands
-from bot.logs import setup_logging
+from bot.logs import redact, setup_logging
 
 log = logging.getLogger("bot")
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """What must never be printed: the bot token (and its secret half on its own),
+    the model service's API key."""
+    token = settings.bot_token.get_secret_value()
+    return [token, token.partition(":")[2], settings.openai_api_key.get_secret_value()]
+
+
+def bot_api_name(settings: Settings) -> str:
+    """The Bot API server for messages: without credentials, never with the token."""
+    if settings.telegram_api_url is None:
+        return "api.telegram.org (TELEGRAM_API_URL is not set)"
+    return str(URL(settings.telegram_api_url).with_user(None))
+
+
+def telegram_failure(exc: AiogramError, settings: Settings) -> str:
+    """One line naming TELEGRAM_API_URL for a failed startup call. aiogram's
+    messages quote aiohttp's, and those may hold the request URL — with the token."""
+    where = bot_api_name(settings)
+    detail = redact(str(exc), secrets_of(settings)).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, TelegramNetworkError):
+        return f"TELEGRAM_API_URL: cannot reach the Bot API at {where} ({detail})"
+    if isinstance(exc, TelegramAPIError):
+        return f"TELEGRAM_API_URL: the Bot API at {where} refused the request ({detail})"
+    # ClientDecodeError and the like: something answered, but not a Bot API.
+    return f"TELEGRAM_API_URL: {where} does not answer like a Telegram Bot API server"
 
 
 async def prepare(app: Application) -> None:
@@ -29,8 +62,8 @@ async def prepare(app: Application) -> None:
         await set_commands(app.bot, app.settings.admin_ids)
     except TelegramUnauthorizedError:
         raise StartupError("BOT_TOKEN: Telegram rejected the token") from None
-    except (TelegramNetworkError, TelegramAPIError) as exc:
-        raise StartupError(f"cannot use the Telegram Bot API: {exc}") from None
+    except AiogramError as exc:
+        raise StartupError(telegram_failure(exc, app.settings)) from None
     log.info("starting as @%s (id %s), long polling", me.username, me.id)
 
 
@@ -62,20 +95,19 @@ def main() -> int:
     except ConfigError as exc:
         print(f"gptalk-bot: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(
-        settings.log_level,
-        secrets=[
-            settings.bot_token.get_secret_value(),
-            settings.openai_api_key.get_secret_value(),
-        ],
-    )
+    setup_logging(settings.log_level, secrets=secrets_of(settings))
     try:
         asyncio.run(run(settings))
     except StartupError as exc:
-        print(f"gptalk-bot: {exc}", file=sys.stderr)
+        print(f"gptalk-bot: {redact(str(exc), secrets_of(settings))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception:
+        # A bug, not a setting: the traceback goes through the log's redaction
+        # rather than Python's own printer, which would show tokens in URLs.
+        log.critical("stopped by an unexpected error", exc_info=True)
+        return 1
     return 0
 
 

@@ -25,13 +25,15 @@ from gptalk import Message, format_prompt
 
 from .conversation.gate import KeyedLock
 from .conversation.line import Line, LineDroppedError
+from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn
 from .storage.keys import ConversationKey
 from .storage.stats import MemoryStats, Stats
 from .storage.user_limits import Decision, UserLimits, Verdict
-from .streaming import ChatUnavailableError, StreamingReply
+from .streaming import ChatUnavailableError, NoRightsError, StreamingReply
+from .unwritable import Unwritable
 
 __all__ = ["LLM", "Answerer", "asker_of", "build_prompt", "notice_for"]
 
@@ -45,6 +47,9 @@ BUSY = "⏳ I'm still answering your previous messages; send this one again in a
 BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a moment."
 SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
 NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
+PROVIDER_FAILED = (
+    "\n\n⚠️ _Something went wrong while writing this answer. Send /retry to try again._"
+)
 RESTARTING = "🔄 The bot is restarting and skipped this message: please send it again in a minute."
 
 
@@ -89,6 +94,8 @@ class Answerer:
     stats: Stats = field(default_factory=MemoryStats)
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
+    unwritable: Unwritable = field(default_factory=Unwritable)
+    journal: Journal = field(default_factory=MemoryJournal)  # answers in flight
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
@@ -146,6 +153,7 @@ class Answerer:
             generation.discard = True
             generation.reply.stop(RESET)
         await self.history.clear(conversation)
+        await self.journal.forget(conversation)
 
     async def drain(self, grace: float) -> None:
         """On shutdown: let running answers finish for ``grace`` seconds, then stop
@@ -170,6 +178,9 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
     ) -> None:
+        if self.unwritable.covers(conversation):
+            log.debug("not answering in %s: the bot may not write there", conversation)
+            return
         asker = asker_of(message)
         # The gate keeps a conversation's prompts in arrival order through the
         # rate-limit check, up to taking a place in the line. Notices go out after
@@ -194,26 +205,32 @@ class Answerer:
                 if self._closing:
                     await message.reply(RESTARTING)
                     return
+                if self.unwritable.covers(conversation):  # learnt while this one waited
+                    return
                 try:
                     await self._generate(bot, message, conversation, user_turn, asker)
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
                     # queued prompt starts for a chat that cannot be written to.
                     log.warning(
-                        "chat %s is unavailable (%s); dropping its queue", message.chat.id, exc
+                        "chat %s is unavailable (%s); dropping its queue", conversation, exc
                     )
                     self._line.drop(conversation)
+                    if isinstance(exc, NoRightsError):
+                        where = conversation if exc.topic else ConversationKey(conversation.chat_id)
+                        self.unwritable.add(where)
         except LineDroppedError:
             pass
         finally:
             self._tasks.discard(task)
 
     async def _rate_limit(self, message: TgMessage) -> Decision | None:
-        """USER_RATE_LIMIT's decision for this prompt (None: not limited)."""
-        user = message.from_user
-        if self.user_limits is None or user is None:
+        """USER_RATE_LIMIT's decision for this prompt (None: not limited). Messages
+        sent on behalf of a chat count for that chat, and are never admin-exempt."""
+        if self.user_limits is None:
             return None
-        if user.id in self.admin_ids and message.sender_chat is None:
+        user = message.from_user
+        if message.sender_chat is None and (user is None or user.id in self.admin_ids):
             return None
         return await self.user_limits.hit(asker_of(message))
 
@@ -249,6 +266,16 @@ class Answerer:
                 await self.history.append(conversation, turn)
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
+        language = message.from_user.language_code if message.from_user else None
+        entry = Entry.new(
+            conversation,
+            reply_to=message.message_id,
+            question=turns[-1]["content"],
+            language=language,
+            asker=asker,
+        )
+        flight = InFlight(self.journal, entry)
+        await flight.begin()
         reply = StreamingReply(
             bot,
             self.scheduler,
@@ -257,6 +284,7 @@ class Answerer:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             empty_notice=EMPTY,
             typing_interval=self.typing_interval,
+            on_progress=flight.progress,
         )
         generation = _Generation(reply, asker)
         self._running.setdefault(conversation, []).append(generation)
@@ -271,6 +299,10 @@ class Answerer:
             if not running:
                 del self._running[conversation]
             await self.stats.set_active(self.active)
+            # Cancelled (the process is going away mid-answer): the entry stays, and
+            # recovery marks the answer interrupted.
+            if not _cancelling():
+                await flight.end()
         log.info(
             "answered in chat %s: %d chars, %d message(s), %.1f s",
             message.chat.id,
@@ -278,13 +310,19 @@ class Answerer:
             len(delivered.message_ids),
             time.monotonic() - started,
         )
-        if delivered.markdown.strip() and not generation.discard:
-            try:
+        # Only what somebody saw is remembered.
+        seen = bool(delivered.markdown.strip() and delivered.message_ids) and not generation.discard
+        try:
+            if delivered.chat_id != conversation.chat_id:
+                # The group became a supergroup meanwhile: the conversation goes on there.
+                await self.history.move(conversation, ConversationKey(delivered.chat_id))
+                conversation = ConversationKey(delivered.chat_id)
+            if seen:
                 await self.history.append(
                     conversation, Turn(role="assistant", content=delivered.markdown, asker=asker)
                 )
-            except RedisError as exc:  # the user has the answer; only the memory of it is lost
-                log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
+        except RedisError as exc:  # the user has the answer; only the memory of it is lost
+            log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
 
     async def _deltas(self, prompt: list[Message]) -> AsyncIterator[str]:
         stream = self.llm.stream(prompt)
@@ -295,7 +333,18 @@ class Answerer:
             log.warning("%s failed: %s", exc.provider, exc)
             await self.stats.incr("failures")
             yield notice_for(exc)
+        except Exception:
+            # A bug in a provider, not an upstream failure: the answer still ends with
+            # a readable notice, and the traceback (no prompt in it) goes to the log.
+            log.error("the LLM provider failed unexpectedly", exc_info=True)
+            await self.stats.incr("failures")
+            yield PROVIDER_FAILED
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # release the HTTP response now, also when stopped
                 await aclose()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -32,6 +32,8 @@ from redis.exceptions import RedisError
 from bot.answering import Answerer
 from bot.config import Settings
 from bot.delivery.budgets import Budgets, MemoryBudgets, TelegramLimits
+from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
+from bot.delivery.recovery import Recovery
 from bot.delivery.redis_budgets import RedisBudgets
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
@@ -43,6 +45,7 @@ from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistorySt
 from bot.storage.keys import Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
+from bot.unwritable import Unwritable
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
 
 __all__ = ["Application", "StartupError", "build_application"]
@@ -67,6 +70,7 @@ class Application:
     scheduler: Scheduler
     redis: Redis | None
     response_models: list[Any] = field(default_factory=list)
+    journal: Journal | None = None
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()
@@ -148,11 +152,12 @@ def build_providers(
 
 
 async def build_application(
-    settings: Settings, *, limits: TelegramLimits | None = None
+    settings: Settings, *, limits: TelegramLimits | None = None, replica_id: str | None = None
 ) -> Application:
     keys = Keys(settings.redis_prefix)
     redis: Redis | None = None
     history: HistoryStore
+    journal: Journal
     token_store: TokenStore
     stats: Stats
     user_limits: UserLimits | None = None
@@ -168,6 +173,7 @@ async def build_application(
             read_timeout=settings.gptalk_read_timeout,
         )
         stats = RedisStats(redis, keys)
+        journal = RedisJournal(redis, keys, owner=replica_id, lease=settings.journal_lease)
         if settings.user_rate_limit:
             user_limits = RedisUserLimits(redis, keys, settings.user_rate_limit)
     else:
@@ -180,6 +186,7 @@ async def build_application(
         )
         token_store = MemoryTokenStore()
         stats = MemoryStats()
+        journal = MemoryJournal(owner=replica_id, lease=settings.journal_lease)
         if settings.user_rate_limit:
             user_limits = MemoryUserLimits(settings.user_rate_limit)
 
@@ -223,6 +230,7 @@ async def build_application(
         session=session,
         default=DefaultBotProperties(link_preview_is_disabled=True),
     )
+    unwritable = Unwritable()
     answerer = Answerer(
         llm=llm,
         history=history,
@@ -233,6 +241,8 @@ async def build_application(
         stats=stats,
         user_limits=user_limits,
         admin_ids=settings.admin_ids,
+        unwritable=unwritable,
+        journal=journal,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,
@@ -244,7 +254,22 @@ async def build_application(
         token_store=token_store,
         paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,
+        history=history,
+        unwritable=unwritable,
     )
+    # Registered after the dispatcher's own hooks: at shutdown the lease outlives the
+    # answers still finishing, so that no other process interrupts them.
+    recovery = Recovery(bot, journal, history, interval=settings.journal_lease / 3)
+    dispatcher.startup.register(recovery.start)
+    dispatcher.shutdown.register(recovery.stop)
     return Application(
-        settings, bot, dispatcher, answerer, llm, scheduler, redis, pin_response_models()
+        settings,
+        bot,
+        dispatcher,
+        answerer,
+        llm,
+        scheduler,
+        redis,
+        pin_response_models(),
+        journal,
     )

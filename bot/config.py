@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio.connection import parse_url
+from yarl import URL
 
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
@@ -30,6 +32,12 @@ EmptyIsNone = BeforeValidator(lambda v: None if isinstance(v, str) and not v.str
 PROVIDERS = ("gptalk", "openai")
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# The first thing a new operator sees: say where a token comes from and where it goes.
+NO_BOT_TOKEN = (
+    "is not set: get a token from @BotFather (https://t.me/BotFather) and put "
+    "BOT_TOKEN=… in .env (copy .env.example) or in the environment"
+)
 
 
 class ConfigError(Exception):
@@ -82,6 +90,9 @@ class Settings(BaseSettings):
     group_max_concurrent: int = Field(5, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     merge_window: float = Field(1.5, gt=0, allow_inf_nan=False)
+    # Test-only: seconds a silent process still counts as alive, so that the crash
+    # tests need not wait the production lease out (bot/delivery/journal.py).
+    journal_lease: float = Field(15.0, ge=0.3, le=3600, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)
@@ -99,6 +110,8 @@ class Settings(BaseSettings):
     def _token_shape(cls, value: SecretStr) -> SecretStr:
         # "123456:ABC…": catches pasting the bot's name or a URL, without echoing it.
         token = value.get_secret_value().strip()
+        if not token:  # BOT_TOKEN= as copied from .env.example
+            raise ValueError(NO_BOT_TOKEN)
         head, sep, tail = token.partition(":")
         if not (sep and head.isdigit() and tail and " " not in token):
             raise ValueError("must look like 123456789:ABC… (the token @BotFather gave you)")
@@ -117,6 +130,8 @@ class Settings(BaseSettings):
                 return OPENAI_DEFAULT_BASE_URL
             if value is not None and not value.startswith(("http://", "https://")):
                 raise ValueError("must be an http:// or https:// URL")
+            if value is not None:
+                _check_http_url(value)
         return value
 
     @field_validator("llm_providers", mode="before")
@@ -149,6 +164,14 @@ class Settings(BaseSettings):
             value = value.strip() or None
             if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            if value is not None:
+                try:
+                    parse_url(value)  # what the connection pool does later, with a traceback
+                except ValueError as exc:
+                    # urllib quotes a non-numeric port, which in "redis://:secret" is the
+                    # password: name the problem without it.
+                    reason = "the port is not a number" if "integer" in str(exc) else str(exc)
+                    raise ValueError(f"is not a valid Redis URL ({reason})") from None
         return value
 
     @field_validator("admin_ids", "allowed_user_ids", mode="before")
@@ -168,6 +191,18 @@ class Settings(BaseSettings):
         return value.strip().upper() if isinstance(value, str) else value
 
 
+def _check_http_url(value: str) -> None:
+    """Parse ``value`` as aiohttp will, so that a malformed URL is a configuration
+    error now rather than an exception (quoting the URL, with the bot token in it)
+    at the first request. The value itself is not echoed: it may hold credentials."""
+    try:
+        host = URL(value).host
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("is not a valid URL (no host name)")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning validation errors into one readable line per variable."""
     try:
@@ -177,5 +212,7 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors(include_input=False, include_url=False):
             name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
             message = "is required" if error["type"] == "missing" else error["msg"]
+            if name == "BOT_TOKEN" and error["type"] == "missing":
+                message = NO_BOT_TOKEN
             problems.append(f"{name}: {message.removeprefix('Value error, ')}")
         raise ConfigError("; ".join(problems)) from None

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Iterable
 
-__all__ = ["RedactingFilter", "setup_logging"]
+__all__ = ["RedactingFilter", "redact", "setup_logging"]
 
 # GPTalk stream tokens travel in URLs (?token=…), bearer tokens in headers.
 _PATTERNS = (
@@ -14,6 +14,16 @@ _PATTERNS = (
     re.compile(r"(Bearer\s+)[^\s'\"]+", re.IGNORECASE),
     re.compile(r"(/bot)\d+:[\w-]+"),  # Bot API URLs carry the bot token
 )
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with the given secrets and anything token-shaped masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    return text
 
 
 class RedactingFilter(logging.Filter):
@@ -28,11 +38,7 @@ class RedactingFilter(logging.Filter):
         self._secrets = [s for s in secrets if s]
 
     def _clean(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        for pattern in _PATTERNS:
-            text = pattern.sub(r"\1***", text)
-        return text
+        return redact(text, self._secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

@@ -16,26 +16,32 @@ text and edits it in place, within the chat's rate limits:
   back to plain text;
 * text beyond 4096 UTF-16 units continues in new messages; a full part is given
   its final content once and not edited again;
-* a 429 blocks the chat's limiter and the newest text goes out afterwards; a
-  deleted message is replaced by a new one.
+* a 429 blocks the chat in the scheduler and the newest text goes out afterwards; a
+  deleted message is replaced by a new one;
+* any other failure (5xx, a gateway's HTML page, a status code we do not know) is
+  retried with back-off for up to ``GIVE_UP_AFTER`` seconds;
+* a group that became a supergroup: the answer continues in the new chat;
+* a chat or topic the bot may not write to ends the answer at once
+  (:class:`NoRightsError`), so that no more of it is generated for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiogram import Bot
 from aiogram.enums import ChatAction
 from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
-    TelegramNetworkError,
+    TelegramMigrateToChat,
     TelegramNotFound,
     TelegramRetryAfter,
-    TelegramServerError,
 )
 from aiogram.types import LinkPreviewOptions, ReplyParameters
 
@@ -43,15 +49,39 @@ from .delivery.budgets import Priority
 from .delivery.scheduler import Scheduler, SlotRequest
 from .render import MAX_MESSAGE_UNITS, Rendered, cut_ranges, render, split, utf16_len
 
-__all__ = ["ChatUnavailableError", "Delivered", "StreamingReply"]
+__all__ = ["ChatUnavailableError", "Delivered", "NoRightsError", "Progress", "StreamingReply"]
 
 log = logging.getLogger(__name__)
 
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
+# Called after each message sent or edited: the ids of the answer's messages, the
+# Markdown consumed so far, and the last message as Telegram shows it now.
+Progress = Callable[[tuple[int, ...], str, Rendered], Awaitable[None]]
+
 
 class ChatUnavailableError(Exception):
     """The bot can no longer write to this chat (blocked, kicked, chat deleted)."""
+
+
+class NoRightsError(ChatUnavailableError):
+    """The bot is in the chat but may not write there (restricted), or not in this forum
+    topic (``topic``: closed or deleted), until an admin changes that."""
+
+    def __init__(self, description: str, *, topic: bool = False) -> None:
+        super().__init__(description)
+        self.topic = topic
+
+
+# Telegram's descriptions (lower case) of a send the bot has no right to make.
+_NO_RIGHTS = (
+    "not enough rights",
+    "have no rights to send",
+    "chat_write_forbidden",
+    "chat_restricted",
+    "need administrator rights",
+)
+_TOPIC_GONE = ("topic_closed", "topic_deleted", "message thread not found")
 
 
 class _UndeliverableError(Exception):
@@ -62,7 +92,8 @@ class _UndeliverableError(Exception):
 class Delivered:
     """What the user got."""
 
-    message_ids: tuple[int, ...]
+    message_ids: tuple[int, ...]  # in the old chat and then the new one, if it migrated
+    chat_id: int  # where the answer ended: a new supergroup's id if the group migrated
     markdown: str  # the whole text consumed from the stream (with the stop suffix)
     visible: str  # the text of the messages as Telegram shows it, parts joined by "\n"
     stopped: bool = False
@@ -92,12 +123,14 @@ class StreamingReply:
         typing_interval: float = 4.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
+        on_progress: Progress | None = None,
     ) -> None:
         self._bot, self._scheduler, self._chat_id = bot, scheduler, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
         self._empty = Rendered(empty_notice)
         self._typing_interval = typing_interval
         self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
+        self._on_progress = on_progress
         self._chunks: list[str] = []
         self._changed = asyncio.Event()
         self._done = False
@@ -143,8 +176,10 @@ class StreamingReply:
     async def run(self, deltas: AsyncIterator[str]) -> Delivered:
         """Consume ``deltas`` and deliver them; return what was delivered.
 
-        Raises :class:`ChatUnavailableError` when the chat cannot be written to. An
-        exception from ``deltas`` is re-raised after the text so far is delivered.
+        Raises :class:`ChatUnavailableError` when the chat cannot be written to
+        (:class:`NoRightsError` when it is for lack of rights; the stream is closed
+        then). An exception from ``deltas`` is re-raised after the text so far is
+        delivered.
         """
         self._pump = pump = asyncio.create_task(self._read(deltas))
         pump.add_done_callback(self._finish)
@@ -162,6 +197,7 @@ class StreamingReply:
             raise error
         return Delivered(
             message_ids=self.message_ids,
+            chat_id=self._chat_id,
             markdown=self.markdown,
             visible="\n".join(shown.content.text for shown in self._shown),
             stopped=self._stop_suffix is not None,
@@ -198,10 +234,10 @@ class StreamingReply:
                 await self._bot.send_chat_action(
                     self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
                 )
-            except (TelegramBadRequest, TelegramNetworkError, TelegramServerError) as exc:
-                log.debug("chat action failed in chat %s: %s", self._chat_id, exc)
             except (TelegramForbiddenError, TelegramRetryAfter):
                 return
+            except (TelegramAPIError, ClientDecodeError) as exc:
+                log.debug("chat action failed in chat %s: %s", self._chat_id, _brief(exc))
             await asyncio.sleep(self._typing_interval)
 
     def _priority(self) -> Priority:
@@ -306,14 +342,42 @@ class StreamingReply:
                     await self._edit(index, content)
             return True
         except TelegramRetryAfter:
-            return True  # the limiter is blocked; the newest text goes out after it
+            return True  # the chat is blocked; the newest text goes out after it
+        except TelegramMigrateToChat as exc:
+            self._move_to(exc.migrate_to_chat_id)
+            return True
         except TelegramBadRequest as exc:
             return self._bad_request(index, content, exc.message.lower())
         except (TelegramForbiddenError, TelegramNotFound) as exc:
             raise ChatUnavailableError(str(exc)) from exc
-        except (TelegramNetworkError, TelegramServerError) as exc:
-            log.warning("Telegram call failed in chat %s: %s", self._chat_id, exc)
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            # Network errors, 5xx (also as a gateway's HTML page) and whatever else
+            # Telegram may answer: retried with back-off, bounded by GIVE_UP_AFTER.
+            log.warning("Telegram call failed in chat %s: %s", self._chat_id, _brief(exc))
             return False
+
+    def _move_to(self, chat_id: int) -> None:
+        """The group became a supergroup: the answer continues there.
+
+        The messages shown so far stay in the old chat, where they can no longer be
+        edited: parts they show completely are kept, the rest of the answer (the
+        unfinished part with all its text so far) goes out as new messages.
+        """
+        log.info("chat %s became supergroup %s; the answer continues there", self._chat_id, chat_id)
+        self._chat_id = chat_id  # the scheduler paces the new chat from the next call on
+        # The message replied to is in the old chat, and a migrated group has no topics.
+        self._reply_to = self._thread_id = None
+        parts = self._layout()
+        kept = 0
+        for index, shown in enumerate(self._shown[: len(parts)]):
+            wanted = parts[index].plain() if index in self._plain else parts[index]
+            complete = index < len(parts) - 1 or self._done
+            if not complete or shown.content != wanted:
+                break
+            kept = index + 1
+        del self._shown[kept:]
+        self._plain = {index for index in self._plain if index < kept}
+        self._refused = {i: refused for i, refused in self._refused.items() if i < kept}
 
     async def _send(self, content: Rendered) -> None:
         first = not self._shown
@@ -332,6 +396,7 @@ class StreamingReply:
             parse_mode=None,
         )
         self._shown.append(_Shown(message.message_id, content))
+        await self._progressed()
 
     async def _edit(self, index: int, content: Rendered) -> None:
         shown = self._shown[index]
@@ -344,8 +409,20 @@ class StreamingReply:
             parse_mode=None,
         )
         shown.content = content
+        await self._progressed()
+
+    async def _progressed(self) -> None:
+        if self._on_progress is not None:
+            ids = tuple(shown.message_id for shown in self._shown)
+            await self._on_progress(ids, self.markdown, self._shown[-1].content)
 
     def _bad_request(self, index: int, content: Rendered, description: str) -> bool:
+        if any(marker in description for marker in _NO_RIGHTS):
+            raise NoRightsError(description)
+        if any(marker in description for marker in _TOPIC_GONE):
+            raise NoRightsError(description, topic=self._thread_id is not None)
+        if "chat not found" in description:
+            raise ChatUnavailableError(description)
         if "can't parse entities" in description and content.entities:
             log.warning("Telegram rejected our formatting in chat %s; plain text", self._chat_id)
             self._plain.add(index)
@@ -375,3 +452,9 @@ class StreamingReply:
             self._refused[index] = (content, count + 1 if previous == content else 1)
             return True
         raise _UndeliverableError(description)
+
+
+def _brief(exc: TelegramAPIError | ClientDecodeError) -> str:
+    if isinstance(exc, ClientDecodeError):  # its text holds the whole page: not for logs
+        return f"unreadable response ({type(exc.original).__name__})"
+    return str(exc)

@@ -109,6 +109,11 @@ class BotHarness:
         self._pushed.add(max(u["update_id"] for u in self.tg.pending_updates))
         return message
 
+    def expect_pending(self) -> None:
+        """Updates the fake queued by itself (service messages, ``my_chat_member``):
+        :meth:`settle` waits for them too."""
+        self._pushed.update(int(u["update_id"]) for u in self.tg.pending_updates)
+
     async def settle(self, within: float = 30.0) -> None:
         """Wait until every update pushed so far has been handled completely."""
         await self.tg.wait_for(lambda: self._pushed <= self.tracker.done, timeout=within)

@@ -102,7 +102,8 @@ class Fault:
     stall: float = 0.0  # sleep this long before answering (stream: before data line `after`)
     cut_after: int | None = None  # stream: abort the TCP connection after N data lines
     end_after: int | None = None  # stream: end cleanly (chunked terminator) after N, no [DONE]
-    malformed_after: int | None = None  # stream: after N good lines send `data: {not json`
+    malformed_after: int | None = None  # stream: after N good lines send `malformed_line`
+    malformed_line: bytes = _MALFORMED
     after: int = 0  # stream, with stall: how many data lines go out before the stall
 
 
@@ -420,7 +421,7 @@ class FakeGPTalk:
                 if fault.malformed_after is not None and (
                     fault.malformed_after == sent or (last and fault.malformed_after > sent)
                 ):
-                    await resp.write(_MALFORMED)
+                    await resp.write(fault.malformed_line)
                 if fault.cut_after is not None and (fault.cut_after <= sent or last):
                     self._cut(request)
                     return resp

@@ -80,14 +80,26 @@ from typing import Any, Final, TypeGuard
 from aiohttp import web
 
 __all__ = [
+    "BAD_GATEWAY_HTML",
     "MAX_MESSAGE_LENGTH",
+    "MIGRATED",
     "NOT_MODIFIED",
+    "NO_RIGHTS",
+    "TOPIC_CLOSED",
     "Call",
     "FakeTelegram",
     "StoredMessage",
 ]
 
 MAX_MESSAGE_LENGTH: Final = 4096
+MIGRATED: Final = "Bad Request: group chat was upgraded to a supergroup chat"
+NO_RIGHTS: Final = "Bad Request: not enough rights to send text messages to the chat"
+TOPIC_CLOSED: Final = "Bad Request: TOPIC_CLOSED"
+BAD_GATEWAY_HTML: Final = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
 NOT_MODIFIED: Final = (
     "Bad Request: message is not modified: specified new message content and reply markup are "
     "exactly the same as a current content and reply markup of the message"
@@ -261,11 +273,21 @@ class StoredMessage:
 
 
 class _ApiError(Exception):
-    def __init__(self, code: int, description: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        description: str,
+        *,
+        retry_after: int | None = None,
+        migrate_to_chat_id: int | None = None,
+        html: str | None = None,
+    ) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
         self.retry_after = retry_after
+        self.migrate_to_chat_id = migrate_to_chat_id
+        self.html = html  # a gateway's page instead of Bot API JSON
 
 
 def _bad(description: str) -> _ApiError:
@@ -1028,6 +1050,7 @@ class _Fault:
     description: str
     retry_after: int | None
     times: int
+    html: str | None = None
 
 
 class _LongPoll:
@@ -1095,6 +1118,9 @@ class FakeTelegram:
         self._messages: dict[int, dict[int, StoredMessage]] = {}
         self._last_message_id: dict[int, int] = {}
         self._blocked: set[int] = set()
+        self._migrated: dict[int, int] = {}  # old group id -> its supergroup's id
+        self._restricted: set[int] = set()  # chats where the bot may not send messages
+        self._closed_topics: set[tuple[int, int]] = set()
         self._faults: dict[str, deque[_Fault]] = {}
         self._updates: list[dict[str, Any]] = []
         self._next_update_id = 1
@@ -1387,6 +1413,51 @@ class FakeTelegram:
         self.push_update({"edited_message": raw})
         return raw
 
+    def _service_message(
+        self, chat: dict[str, Any], user: dict[str, Any] | None, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        chat = self._register_chat(chat)
+        message_id = self._new_message_id(chat["id"])
+        raw: dict[str, Any] = {"message_id": message_id}
+        if user is not None:
+            raw["from"] = dict(user)
+        raw.update({"chat": dict(chat), "date": int(time.time()), **fields})
+        self._store(
+            StoredMessage(
+                chat_id=chat["id"],
+                message_id=message_id,
+                text="",
+                entities=[],
+                from_bot=False,
+                thread_id=fields.get("message_thread_id"),
+                reply_to=None,
+                date=raw["date"],
+                history=[""],
+                raw=raw,
+            )
+        )
+        self.push_update({"message": raw})
+        return raw
+
+    def _bot_member(self, status: str) -> dict[str, Any]:
+        member: dict[str, Any] = {"user": self._bot_from()}
+        if status == "restricted":
+            rights = (
+                "can_send_messages can_send_audios can_send_documents can_send_photos "
+                "can_send_videos can_send_video_notes can_send_voice_notes can_send_polls "
+                "can_send_other_messages can_add_web_page_previews can_react_to_messages "
+                "can_edit_tag can_change_info can_invite_users can_pin_messages can_manage_topics"
+            )
+            member.update({"status": "restricted", "is_member": True, "until_date": 0})
+            member.update(dict.fromkeys(rights.split(), False))
+        elif status == "kicked":
+            member.update({"status": "kicked", "until_date": 0})
+        elif status in ("member", "left"):
+            member["status"] = status
+        else:
+            raise ValueError(f"unsupported status {status!r}")
+        return member
+
     def push_update(self, update: dict[str, Any]) -> None:
         """Queue a raw update (assigns ``update_id`` if missing)."""
         update = dict(update)
@@ -1468,20 +1539,97 @@ class FakeTelegram:
         description: str,
         retry_after: int | None = None,
         times: int = 1,
+        html: str | None = None,
     ) -> None:
         """Answer the next ``times`` calls of ``method`` with this error, before any processing.
 
         ``description`` is sent as given (e.g. ``"Too Many Requests: retry after 5"``).
-        aiogram raises ``TelegramRetryAfter`` only when ``retry_after`` is given.
+        aiogram raises ``TelegramRetryAfter`` only when ``retry_after`` is given. Any status
+        code goes (a 418 becomes aiogram's bare ``TelegramAPIError``). With ``html`` the body is
+        that page (``text/html``) instead of Bot API JSON, as a proxy in front of Telegram
+        answers when the Bot API behind it is down (see :data:`BAD_GATEWAY_HTML`).
         """
         name = _METHODS.get(method.lower(), method).lower()
         self._faults.setdefault(name, deque()).append(
-            _Fault(error_code, description, retry_after, times)
+            _Fault(error_code, description, retry_after, times, html)
         )
 
     def block_chat(self, chat_id: int) -> None:
         """From now on every send/edit/chat action there fails with 403."""
         self._blocked.add(chat_id)
+
+    def migrate_group(
+        self,
+        chat_id: int,
+        new_chat_id: int,
+        *,
+        user: dict[str, Any] | None = None,
+        service_messages: bool = True,
+    ) -> dict[str, Any]:
+        """The group ``chat_id`` becomes the supergroup ``new_chat_id``; returns the new Chat.
+
+        From now on every call naming the old id fails with 400 :data:`MIGRATED` and
+        ``parameters.migrate_to_chat_id``. With ``service_messages`` the two messages Telegram
+        sends are queued: ``migrate_to_chat_id`` in the old group, ``migrate_from_chat_id`` in
+        the new supergroup (both from ``user``, who upgraded the group).
+        """
+        old = self._chats[chat_id]
+        if old["type"] != "group":
+            raise ValueError("only basic groups migrate to supergroups")
+        new = self.group_chat(new_chat_id, old["title"], supergroup=True)
+        self._migrated[chat_id] = new_chat_id
+        if service_messages:
+            for chat, key, value in (
+                (old, "migrate_to_chat_id", new_chat_id),
+                (new, "migrate_from_chat_id", chat_id),
+            ):
+                self._service_message(chat, user, {key: value})
+        return dict(new)
+
+    def restrict_bot(self, chat_id: int) -> None:
+        """An admin takes the bot's right to send messages: sendMessage fails with 400
+        :data:`NO_RIGHTS` (no update is queued: see :meth:`bot_member_changed`)."""
+        self._restricted.add(chat_id)
+
+    def unrestrict_bot(self, chat_id: int) -> None:
+        self._restricted.discard(chat_id)
+
+    def bot_member_changed(
+        self,
+        chat: dict[str, Any],
+        old: str,
+        new: str,
+        *,
+        user: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Queue a ``my_chat_member`` update: the bot's status in ``chat`` went from ``old`` to
+        ``new`` (``member``, ``restricted`` = member without the right to send, ``left``,
+        ``kicked``), changed by ``user``. Returns the ChatMemberUpdated object."""
+        chat = self._register_chat(chat)
+        changed: dict[str, Any] = {
+            "chat": dict(chat),
+            "from": dict(user) if user is not None else self._bot_from(),
+            "date": int(time.time()),
+            "old_chat_member": self._bot_member(old),
+            "new_chat_member": self._bot_member(new),
+        }
+        self.push_update({"my_chat_member": changed})
+        return changed
+
+    def close_topic(self, chat_id: int, thread_id: int) -> None:
+        """The topic is closed to the bot: sendMessage there fails with 400 :data:`TOPIC_CLOSED`."""
+        self._closed_topics.add((chat_id, thread_id))
+
+    def reopen_topic(
+        self, chat: dict[str, Any], thread_id: int, *, user: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Open the topic again; queues the ``forum_topic_reopened`` service message."""
+        self._closed_topics.discard((chat["id"], thread_id))
+        return self._service_message(
+            chat,
+            user,
+            {"message_thread_id": thread_id, "is_topic_message": True, "forum_topic_reopened": {}},
+        )
 
     def delete_message(self, chat_id: int, message_id: int) -> None:
         """The user deleted the message: later edits fail with "message to edit not found"."""
@@ -1531,6 +1679,8 @@ class FakeTelegram:
 
     @staticmethod
     def _error_response(error: _ApiError) -> web.Response:
+        if error.html is not None:
+            return web.Response(text=error.html, status=error.code, content_type="text/html")
         body: dict[str, Any] = {
             "ok": False,
             "error_code": error.code,
@@ -1538,6 +1688,8 @@ class FakeTelegram:
         }
         if error.retry_after is not None:
             body["parameters"] = {"retry_after": error.retry_after}
+        if error.migrate_to_chat_id is not None:
+            body["parameters"] = {"migrate_to_chat_id": error.migrate_to_chat_id}
         return web.json_response(body, status=error.code)
 
     def _injected(self, method: str, params: dict[str, Any]) -> None:
@@ -1548,7 +1700,9 @@ class FakeTelegram:
             if fault.times <= 0:
                 faults.popleft()
             self.injected_errors += 1
-            raise _ApiError(fault.error_code, fault.description, retry_after=fault.retry_after)
+            raise _ApiError(
+                fault.error_code, fault.description, retry_after=fault.retry_after, html=fault.html
+            )
 
     async def _dispatch(self, method: str, params: dict[str, Any]) -> Any:
         if method == "getUpdates":
@@ -1608,6 +1762,9 @@ class FakeTelegram:
         chat = self._chats.get(chat_id) if _is_int(chat_id) else None
         if chat is None:
             raise _bad("chat not found")
+        if chat["id"] in self._migrated:
+            self.injected_errors += 1
+            raise _ApiError(400, MIGRATED, migrate_to_chat_id=self._migrated[chat["id"]])
         return chat
 
     def _check_blocked(self, chat: dict[str, Any]) -> None:
@@ -1841,6 +1998,12 @@ class FakeTelegram:
             raise _bad("message thread not found")
         if thread_id is None and target is not None and chat.get("is_forum"):
             thread_id = target.thread_id
+        if chat_id in self._restricted:
+            self.injected_errors += 1
+            raise _ApiError(400, NO_RIGHTS)
+        if (chat_id, thread_id) in self._closed_topics:
+            self.injected_errors += 1
+            raise _ApiError(400, TOPIC_CLOSED)
         markup = self._reply_markup(params, inline_only=False)
         self._rate_check(chat_id)
         message = StoredMessage(

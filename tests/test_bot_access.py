@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from bot.render import render
@@ -208,3 +209,47 @@ async def test_a_slow_down_notice_does_not_hold_up_the_group(
     harness.say(bob, chat=group, **mention("bob here"))
     await tg.wait_for(lambda: fake_gptalk.submits == 2, timeout=3)
     assert "Bob: bob here" in fake_gptalk.prompts[-1]
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+async def test_anonymous_admins_are_limited_per_chat_they_speak_for(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    redis_url: str,
+    store: str,
+) -> None:
+    # Every anonymous admin's message comes from the same service account
+    # (GroupAnonymousBot); the group it is sent on behalf of is the sender that counts.
+    fake_gptalk.answer = "Fine."
+    harness = await make_bot(user_rate_limit=2, redis_url=redis_url if store == "redis" else None)
+    anonymous = tg.add_user(1087968824, "Group", username="GroupAnonymousBot", is_bot=True)
+    books, chess = tg.group_chat(-100111, "Book club"), tg.group_chat(-100222, "Chess club")
+    ann = harness.user(2, "Ann")
+
+    flood = [
+        harness.say(anonymous, chat=books, sender_chat=books, **mention(f"news {i}"))
+        for i in range(6)
+    ]
+    await harness.settle()
+    assert [answered(harness, q) for q in flood[:2]] == [True, True]
+    [notice] = harness.replies(flood[2])
+    assert notice != "Fine."
+    assert len(notice) < 120
+    assert [harness.replies(q) for q in flood[3:]] == [[]] * 3  # one notice per flood
+
+    elsewhere = [
+        harness.say(anonymous, chat=chess, sender_chat=chess, **mention(f"move {i}"))
+        for i in range(2)
+    ]
+    member = harness.say(ann, chat=books, **mention("and me?"))
+    await harness.settle()
+    assert all(answered(harness, q) for q in elsewhere)  # another group's admin: own bucket
+    assert answered(harness, member)  # a member of the flooded group is unaffected
+    assert fake_gptalk.submits == 5
+    if store == "memory":
+        return
+    assert await redis.zcard(f"gptalk:ratelimit:{books['id']}") == 2
+    assert await redis.zcard(f"gptalk:ratelimit:{chess['id']}") == 2
+    assert await redis.exists(f"gptalk:ratelimit:{anonymous['id']}") == 0

@@ -13,9 +13,12 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
     TelegramBadRequest,
     TelegramConflictError,
     TelegramForbiddenError,
+    TelegramMigrateToChat,
     TelegramRetryAfter,
     TelegramUnauthorizedError,
 )
@@ -30,7 +33,7 @@ from aiogram.types import (
     ReplyParameters,
 )
 
-from tests.fake_telegram import NOT_MODIFIED, FakeTelegram
+from tests.fake_telegram import BAD_GATEWAY_HTML, NOT_MODIFIED, FakeTelegram
 
 MakeFake = Callable[..., Awaitable[FakeTelegram]]
 MakeBot = Callable[[FakeTelegram], Bot]
@@ -498,6 +501,82 @@ async def test_injected_errors(fake: FakeTelegram, bot: Bot) -> None:
     assert fake.injected_errors == 5
     assert fake.too_many_requests == 0
     assert fake.bot_messages(chat_id) == []
+
+
+async def test_gateway_pages_and_unknown_status_codes(fake: FakeTelegram, bot: Bot) -> None:
+    _, chat_id = _user_and_chat(fake)
+    fake.fail_next("sendMessage", error_code=502, description="Bad Gateway", html=BAD_GATEWAY_HTML)
+    with pytest.raises(ClientDecodeError, match="502 Bad Gateway"):  # not a TelegramAPIError
+        await bot.send_message(chat_id, "x")
+    fake.fail_next("sendMessage", error_code=418, description="I'm a teapot")
+    with pytest.raises(TelegramAPIError, match="teapot") as info:
+        await bot.send_message(chat_id, "x")
+    assert type(info.value) is TelegramAPIError
+    assert (await bot.send_message(chat_id, "x")).text == "x"
+    assert [c.error_code for c in fake.calls_to("sendMessage")] == [502, 418, None]
+
+
+async def test_group_migrates_to_a_supergroup(fake: FakeTelegram, bot: Bot) -> None:
+    ann = fake.add_user(1, "Ann")
+    group = fake.group_chat(-4001, "Team", supergroup=False)
+    sent = await bot.send_message(group["id"], "before")
+    new = fake.migrate_group(group["id"], -1004001, user=ann)
+    assert new == {"id": -1004001, "type": "supergroup", "title": "Team"}
+    with pytest.raises(TelegramMigrateToChat) as info:
+        await bot.send_message(group["id"], "after")
+    assert info.value.migrate_to_chat_id == -1004001
+    with pytest.raises(TelegramMigrateToChat):
+        await bot.edit_message_text("edited", chat_id=group["id"], message_id=sent.message_id)
+    with pytest.raises(TelegramMigrateToChat):
+        await bot.send_chat_action(group["id"], "typing")
+    assert (await bot.send_message(-1004001, "after")).chat.type == "supergroup"
+    old, created = [u.message for u in await bot.get_updates()]
+    assert old is not None
+    assert created is not None
+    assert (old.chat.id, old.migrate_to_chat_id) == (-4001, -1004001)
+    assert (created.chat.id, created.migrate_from_chat_id) == (-1004001, -4001)
+    assert old.from_user is not None
+    assert old.from_user.id == ann["id"]
+    with pytest.raises(ValueError, match="basic groups"):
+        fake.migrate_group(-1004001, -1004002)
+
+
+async def test_bot_without_rights_and_closed_topics(fake: FakeTelegram, bot: Bot) -> None:
+    ann = fake.add_user(1, "Ann")
+    group = fake.group_chat(-100900, "Forum", forum=True)
+    topic = fake.forum_topic(group, "Questions", user=ann)
+    fake.close_topic(group["id"], topic)
+    with pytest.raises(TelegramBadRequest, match="TOPIC_CLOSED"):
+        await bot.send_message(group["id"], "x", message_thread_id=topic)
+    assert await bot.send_message(group["id"], "general")  # only that topic
+    fake.reopen_topic(group, topic, user=ann)
+    assert await bot.send_message(group["id"], "x", message_thread_id=topic)
+
+    fake.restrict_bot(group["id"])
+    with pytest.raises(TelegramBadRequest, match="not enough rights to send text messages"):
+        await bot.send_message(group["id"], "x")
+    restricted = fake.bot_member_changed(group, "member", "restricted", user=ann)
+    fake.unrestrict_bot(group["id"])
+    assert await bot.send_message(group["id"], "x")
+    fake.bot_member_changed(group, "restricted", "member", user=ann)
+    fake.bot_member_changed(group, "member", "kicked", user=ann)
+    assert restricted["new_chat_member"]["can_send_messages"] is False
+
+    updates = await bot.get_updates()
+    _topic_created, reopened = [u.message for u in updates if u.message]
+    assert reopened is not None
+    assert reopened.forum_topic_reopened is not None
+    assert reopened.message_thread_id == topic
+    assert reopened.is_topic_message
+    changes = [u.my_chat_member for u in updates if u.my_chat_member]
+    assert [(c.old_chat_member.status, c.new_chat_member.status) for c in changes if c] == [
+        ("member", "restricted"),
+        ("restricted", "member"),
+        ("member", "kicked"),
+    ]
+    assert changes[0] is not None
+    assert changes[0].new_chat_member.user.id == fake.bot_user["id"]
+    assert fake.injected_errors == 2
 
 
 async def test_set_my_commands_with_chat_scope(fake: FakeTelegram, bot: Bot) -> None:

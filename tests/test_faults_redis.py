@@ -278,3 +278,32 @@ async def test_hung_redis_does_not_hang_a_streaming_answer_or_new_prompts(
     assert not harness._polling.done()
     await handled(harness, say(harness, bob, "and now?"))
     assert new_texts(tg, bob["id"], 1) == [expected]
+
+
+# --- admin commands ----------------------------------------------------------------------------
+
+
+async def test_admin_commands_during_an_outage_say_temporarily_unavailable(
+    own_redis: RedisServer,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    harnesses: list[BotHarness],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness = await start_bot(harnesses, tg, fake_gptalk, own_redis, admin_ids=frozenset({1}))
+    admin = harness.user(1, "Ann")
+    await handled(harness, say(harness, admin, "/token"))  # the shared token lives in Redis
+    await tg.wait_for(more_than(tg, admin["id"], 0), timeout=5)
+
+    own_redis.stop()
+    caplog.clear()
+    for command in ("/token", "/reset_token", "/stats"):
+        before = len(tg.bot_messages(admin["id"]))
+        await handled(harness, say(harness, admin, command))
+        await tg.wait_for(more_than(tg, admin["id"], before), timeout=5)
+        [notice] = new_texts(tg, admin["id"], before)
+        assert UNAVAILABLE_WORDS in notice.lower(), (command, notice)
+        assert "Error" not in notice
+    # An outage, not a bug: no "unhandled error" with a traceback, at most one warning.
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(redis_warnings(caplog)) <= 1, redis_warnings(caplog)

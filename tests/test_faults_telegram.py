@@ -11,6 +11,9 @@ more tests per failure:
 5. 403 "bot was blocked by the user", mid-stream and before the first message
 6. the Bot API unreachable for 20 s
 7. 502 Bad Gateway on an edit / a send
+8. a gateway's HTML page instead of Bot API JSON, status codes aiogram has no class for
+9. a group upgraded to a supergroup: mid-answer (the error) and by its service messages
+10. no right to write: the bot restricted in a group, a closed forum topic
 
 Telegram's clock runs ten times faster (``SCALE``), the bot's limiter likewise: a 30 s
 ``retry_after`` lasts 3 real seconds. ``Call.at`` is in fake seconds. The streaming editor's
@@ -21,23 +24,36 @@ about 25 real seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from bot.delivery.budgets import TelegramLimits
 from bot.render import render, split
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
-from tests.fake_telegram import NOT_MODIFIED, Call, FakeTelegram
+from tests.fake_telegram import (
+    BAD_GATEWAY_HTML,
+    MIGRATED,
+    NO_RIGHTS,
+    NOT_MODIFIED,
+    TOPIC_CLOSED,
+    Call,
+    FakeTelegram,
+)
 
 SCALE = 0.1  # fake seconds = real seconds / SCALE
 RETRY_AFTER = 30  # fake seconds (3 real seconds)
 OUTAGE = 20.0  # real seconds without a Bot API
 ANN, BOB = 1001, 1002  # user ids = their private chat ids
+GROUP, SUPERGROUP, FORUM = -4001, -1004001, -1004777
+BOT = "@gptalk_test_bot"
 PACED = ("sendMessage", "editMessageText")
 CANT_PARSE = "Bad Request: can't parse entities: Can't find end of the entity starting at byte 0"
 
@@ -436,3 +452,276 @@ async def test_bad_gateway_mid_stream_is_retried(
     assert retry.at - bad.at >= 1.0 / SCALE * 0.9  # backed off ~1 real second
     assert harness.answer(question) == shown(SLOW)
     assert len(tg.bot_messages(ANN)) == 1  # no duplicate message
+
+
+# --- 8. a gateway's page, unknown status codes ------------------------------------------------
+
+
+@pytest.mark.parametrize("method", PACED)
+async def test_html_bad_gateway_mid_stream_is_retried(
+    method: str,
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow_answers(fake_gptalk)
+    harness = await start(make_bot)
+    question = harness.say(harness.user(ANN, "Ann"), "a poem")
+    if method == "editMessageText":
+        await first_message_shown(tg, ANN)
+    tg.fail_next(method, error_code=502, description="Bad Gateway", html=BAD_GATEWAY_HTML)
+    await tg.wait_for(lambda: tg.injected_errors == 1)
+    await harness.settle()
+
+    [bad] = failed(tg, ANN, 502)
+    calls = in_chat(tg, ANN, PACED)
+    assert calls[calls.index(bad) + 1].ok
+    assert harness.answer(question) == shown(SLOW)
+    assert harness.replies(question) == [shown(SLOW)]  # no "something went wrong"
+    assert len(troubles(caplog, str(ANN))) == 1  # the failed call, briefly
+    assert "<html>" not in caplog.text
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    ("code", "description"),
+    [(418, "I'm a teapot"), (409, "Conflict: what now"), (401, "Unauthorized")],
+)
+async def test_unknown_errors_mid_stream_are_retried(
+    code: int,
+    description: str,
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow_answers(fake_gptalk)
+    harness = await start(make_bot)
+    question = harness.say(harness.user(ANN, "Ann"), "a poem")
+    await first_message_shown(tg, ANN)
+    tg.fail_next("editMessageText", error_code=code, description=description, times=2)
+    await tg.wait_for(lambda: tg.injected_errors == 2)
+    await harness.settle()
+
+    assert len(failed(tg, ANN, code)) == 2
+    assert harness.answer(question) == shown(SLOW)
+    assert harness.replies(question) == [shown(SLOW)]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# --- 9. a group upgraded to a supergroup ------------------------------------------------------
+
+
+def mention(
+    harness: BotHarness, chat: dict[str, Any], user: dict[str, Any], text: str, **kw: Any
+) -> dict[str, Any]:
+    """``user`` writes ``@bot text`` in ``chat``."""
+    entity = {"type": "mention", "offset": 0, "length": len(BOT)}
+    return harness.say(user, f"{BOT} {text}", chat=chat, entities=[entity], **kw)
+
+
+async def stored(redis: aioredis.Redis, chat_id: int, thread_id: int | None = None) -> list[str]:
+    """The conversation's history as ``role: content`` lines."""
+    key = f"gptalk:history:{chat_id}" + ("" if thread_id is None else f":{thread_id}")
+    items = [json.loads(item) for item in await redis.lrange(key, 0, -1)]
+    return [f"{item['role']}: {item['content']}" for item in items]
+
+
+def poem_or_answer(prompt: str) -> str:
+    return SLOW if "a poem" in last_turn(prompt) else answer_to(prompt)
+
+
+async def test_group_migrated_mid_answer_continues_in_the_supergroup(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_gptalk.reply = poem_or_answer
+    fake_gptalk.chunk_size, fake_gptalk.delay = 8, 0.03
+    harness = await start(make_bot)
+    ann = harness.user(ANN, "Ann")
+    group = tg.group_chat(GROUP, "Team", supergroup=False)
+    mention(harness, group, ann, "q0")
+    await harness.settle()
+    mention(harness, group, ann, "a poem")
+    await tg.wait_for(lambda: len(tg.bot_messages(GROUP)) == 2)
+    # Upgraded while the poem streams; the service messages are left out so that only
+    # the refused call tells the bot.
+    supergroup = tg.migrate_group(GROUP, SUPERGROUP, user=ann, service_messages=False)
+    await harness.settle()
+
+    assert [c.description for c in in_chat(tg, GROUP) if not c.ok] == [MIGRATED]
+    [continued] = tg.bot_messages(SUPERGROUP)
+    assert continued.text == shown(SLOW)  # the whole answer, not only what came after
+    assert continued.reply_to is None  # the question is in the old chat
+    assert tg.bot_messages(GROUP)[1].text != shown(SLOW)
+    assert await stored(redis, GROUP) == []
+    assert await stored(redis, SUPERGROUP) == [
+        "user: Ann: q0",
+        f"assistant: {answer_to('Ann: q0')}",
+        "user: Ann: a poem",
+        f"assistant: {SLOW}",
+    ]
+
+    # The conversation goes on in the supergroup.
+    after = mention(harness, supergroup, ann, "and now?")
+    await harness.settle()
+    assert "Ann: q0" in fake_gptalk.prompts[-1]
+    assert "Ann: a poem" in fake_gptalk.prompts[-1]
+    assert harness.answer(after) == shown(answer_to("Ann: and now?"))
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert harness.tracker.errors == []
+
+
+async def test_group_migration_service_messages_move_the_history(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    fake_gptalk.reply = answer_to
+    # Only Ann may talk to the bot; Bob, who upgrades the group, may not: the service
+    # messages count all the same.
+    harness = await make_bot(
+        limits=TelegramLimits(time_scale=SCALE), allowed_user_ids=frozenset({ANN})
+    )
+    ann, bob = harness.user(ANN, "Ann"), harness.user(BOB, "Bob")
+    group = tg.group_chat(GROUP, "Team", supergroup=False)
+    mention(harness, group, ann, "q0")
+    await harness.settle()
+    supergroup = tg.migrate_group(GROUP, SUPERGROUP, user=bob)
+    harness.expect_pending()
+    await harness.settle()
+
+    assert await stored(redis, GROUP) == []
+    assert await stored(redis, SUPERGROUP) == [
+        "user: Ann: q0",
+        f"assistant: {answer_to('Ann: q0')}",
+    ]
+    mention(harness, supergroup, ann, "q1")
+    await harness.settle()
+    assert "Ann: q0" in fake_gptalk.prompts[-1]
+    assert len(await stored(redis, SUPERGROUP)) == 4
+    assert [c for c in tg.calls if not c.ok] == []  # the old chat was never tried
+
+
+# --- 10. no right to write --------------------------------------------------------------------
+
+
+def refusals(caplog: pytest.LogCaptureFixture, where: str) -> list[logging.LogRecord]:
+    return [r for r in troubles(caplog) if where in r.getMessage()]
+
+
+async def test_restricted_bot_stops_answering_until_its_rights_are_back(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_gptalk.reply = answer_to
+    fake_gptalk.login_delay = 0.3  # the queue is full before the first answer starts
+    harness = await start(make_bot)
+    ann, bob = harness.user(ANN, "Ann"), harness.user(BOB, "Bob")
+    group = tg.group_chat(-100900, "Team")
+    tg.restrict_bot(group["id"])  # Telegram tells the bot only later (or never)
+    for i in range(3):  # one running, two waiting
+        mention(harness, group, ann, f"q{i}")
+    await harness.settle()
+
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["Ann: q0"]  # the queue was dropped
+    assert [c.description for c in in_chat(tg, group["id"], PACED)] == [NO_RIGHTS]
+    [warning] = refusals(caplog, str(group["id"]))
+    assert warning.levelno == logging.WARNING
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await stored(redis, group["id"]) == ["user: Ann: q0"]  # no answer nobody saw
+
+    # Later prompts cost nothing at all, from anybody.
+    mark = len(tg.calls)
+    mention(harness, group, bob, "q3")
+    await harness.settle()
+    assert len(fake_gptalk.prompts) == 1
+    assert [c for c in tg.calls[mark:] if c.method != "getUpdates"] == []
+    assert len(refusals(caplog, str(group["id"]))) == 1
+
+    # An admin gives the right back: the bot answers again.
+    tg.unrestrict_bot(group["id"])
+    tg.bot_member_changed(group, "restricted", "member", user=bob)
+    harness.expect_pending()
+    await harness.settle()
+    back = mention(harness, group, bob, "q4")
+    await harness.settle()
+    assert harness.answer(back) == shown(answer_to("Bob: q4"))
+    assert len(fake_gptalk.prompts) == 2
+
+    # Told first this time: not a single GPTalk request or send.
+    tg.restrict_bot(group["id"])
+    tg.bot_member_changed(group, "member", "restricted", user=bob)
+    harness.expect_pending()
+    await harness.settle()
+    mark = len(tg.calls)
+    mention(harness, group, bob, "q5")
+    await harness.settle()
+    assert len(fake_gptalk.prompts) == 2
+    assert [c for c in tg.calls[mark:] if c.method != "getUpdates"] == []
+    assert harness.tracker.errors == []
+
+
+async def test_closed_topic_stops_answering_there_until_reopened(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_gptalk.reply = answer_to
+    fake_gptalk.login_delay = 0.3
+    harness = await start(make_bot)
+    ann = harness.user(ANN, "Ann")
+    forum = tg.group_chat(FORUM, "Forum", forum=True)
+    closed, open_ = tg.forum_topic(forum, "Closed", user=ann), tg.forum_topic(forum, "Open")
+    harness.expect_pending()
+    tg.close_topic(FORUM, closed)
+
+    def ask(thread: int, text: str) -> dict[str, Any]:
+        return mention(harness, forum, ann, text, thread_id=thread, is_topic_message=True)
+
+    for i in range(3):
+        ask(closed, f"q{i}")
+    await harness.settle()
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["Ann: q0"]
+    assert [c.description for c in in_chat(tg, FORUM, PACED)] == [TOPIC_CLOSED]
+    assert len(refusals(caplog, f"{FORUM}:{closed}")) == 1
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await stored(redis, FORUM, closed) == ["user: Ann: q0"]
+
+    elsewhere = ask(open_, "q3")  # other topics are not affected
+    again = ask(closed, "q4")
+    await harness.settle()
+    assert harness.answer(elsewhere) == shown(answer_to("Ann: q3"))
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["Ann: q0", "Ann: q3"]
+    assert harness.replies(again) == []
+
+    tg.reopen_topic(forum, closed, user=ann)
+    harness.expect_pending()
+    await harness.settle()
+    reopened = ask(closed, "q5")
+    await harness.settle()
+    assert harness.answer(reopened) == shown(answer_to("Ann: q5"))
+    assert len(refusals(caplog, f"{FORUM}:{closed}")) == 1
+    assert harness.tracker.errors == []
+
+
+async def test_a_user_who_blocked_the_bot_is_answered_when_they_write_again(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    fake_gptalk.reply = answer_to
+    harness = await start(make_bot)
+    ann = harness.user(ANN, "Ann")
+    tg.bot_member_changed(tg.private_chat(ann), "member", "kicked", user=ann)
+    harness.expect_pending()
+    await harness.settle()
+    # Writing to a bot unblocks it; its "member" update may be handled after the message.
+    hello = harness.say(ann, "hello")
+    await harness.settle()
+    assert harness.answer(hello) == shown(answer_to("hello"))

@@ -203,6 +203,40 @@ async def test_conversations_are_independent(make_store: StoreFactory) -> None:
     assert await store.load(ConversationKey(42)) == [u("more")]
 
 
+GROUP, SUPERGROUP = ConversationKey(-4001), ConversationKey(-1004001)
+
+
+async def test_move_gives_the_history_to_the_new_chat(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.append(GROUP, u("q1"), a("r1"), u("q2"))
+    await store.append(ConversationKey(-4001, 3), u("other"))  # not moved: another key
+    await store.move(GROUP, SUPERGROUP)
+    assert await store.load(SUPERGROUP) == [u("q1"), a("r1"), u("q2")]
+    assert await store.load(GROUP) == []
+    assert await store.load(ConversationKey(-4001, 3)) == [u("other")]
+    await store.append(SUPERGROUP, a("r2"))  # the conversation goes on in the new chat
+    assert await store.load(SUPERGROUP) == [u("q1"), a("r1"), u("q2"), a("r2")]
+
+
+async def test_move_twice_or_from_nothing_changes_nothing(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.append(GROUP, u("q1"), a("r1"))
+    await store.move(GROUP, SUPERGROUP)
+    await store.move(GROUP, SUPERGROUP)  # the service message and the error both say so
+    await store.move(ConversationKey(-4002), SUPERGROUP)
+    await store.move(SUPERGROUP, SUPERGROUP)
+    assert await store.load(SUPERGROUP) == [u("q1"), a("r1")]
+
+
+async def test_move_onto_a_history_appends_and_trims(make_store: StoreFactory) -> None:
+    store = make_store(max_messages=3)
+    await store.append(SUPERGROUP, u("q1"), a("r1"), u("q2"))
+    await store.append(GROUP, u("q3"))  # a prompt that was still queued in the old chat
+    await store.move(GROUP, SUPERGROUP)
+    assert await store.load(SUPERGROUP) == [u("q2"), u("q3")]  # trimmed, never an answer first
+    assert await store.load(GROUP) == []
+
+
 # --- Redis only --------------------------------------------------------------------------
 
 
@@ -280,6 +314,16 @@ async def test_redis_ttl_when_trim_runs(redis: aioredis.Redis) -> None:
     assert await store.load(ConversationKey(1)) == [u("q2")]
     assert await redis.ttl("P:history:1") > 5
     await assert_ttl(redis, "P:history:1")
+
+
+async def test_redis_move_renames_and_refreshes_the_ttl(redis: aioredis.Redis) -> None:
+    store = redis_store(redis)
+    await store.append(ConversationKey(-4001), u("q"), a("r"))
+    await redis.expire("P:history:-4001", 5)
+    await store.move(ConversationKey(-4001), ConversationKey(-1004001))
+    assert sorted(await redis.keys("*")) == [b"P:history:-1004001"]
+    await assert_ttl(redis, "P:history:-1004001")
+    assert await redis.ttl("P:history:-1004001") > 5
 
 
 async def test_redis_no_key_left_without_ttl(redis: aioredis.Redis) -> None:

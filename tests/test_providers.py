@@ -264,6 +264,7 @@ async def test_gptalk_failing_after_text_does_not_fall_back(
     assert (await history(redis, 1001))[-1] == {
         "role": "assistant",
         "content": partial + expected_notice,
+        "asker": 1001,
     }
 
 

@@ -264,6 +264,36 @@ async def test_blocked_chat_raises_chat_unavailable(
         await stream(bot, scheduler, tg, chunks(["hi"]))
 
 
+async def test_migrated_group_gets_the_unfinished_part_anew(
+    bot: Bot, scheduler: Scheduler, tg: FakeTelegram
+) -> None:
+    ann = tg.add_user(USER_ID, "Ann")
+    group = tg.group_chat(-4001, "Team", supergroup=False)
+    question = tg.user_message(group, ann, "question")
+    answer = "\n\n".join(["word " * 200] * 6) + "\n\nthe end."  # two parts
+
+    async def deltas() -> AsyncIterator[str]:
+        for piece in pieces(answer[:5000], 500):  # the first part is full, the second begun
+            yield piece
+            await asyncio.sleep(0.05)
+        await tg.wait_for(lambda: len(tg.bot_messages(-4001)) == 2)
+        tg.migrate_group(-4001, -1004001, service_messages=False)
+        yield answer[5000:]
+
+    reply = StreamingReply(bot, scheduler, -4001, reply_to=question["message_id"])
+    delivered = await reply.run(deltas())
+    first, second = expected_parts(answer)
+    old = tg.bot_messages(-4001)
+    assert [m.text for m in old] == [first.text, second.text[: len(old[1].text)]]
+    [continued] = tg.bot_messages(-1004001)  # the whole unfinished part, the full one stays
+    assert continued.text == second.text
+    assert continued.reply_to is None
+    assert delivered.chat_id == -1004001
+    assert delivered.message_ids == (old[0].message_id, continued.message_id)
+    assert delivered.visible == f"{first.text}\n{second.text}"
+    assert [c.error_code for c in tg.calls if not c.ok] == [400]
+
+
 async def test_stop_ends_with_the_suffix_and_closes_the_stream(
     bot: Bot, scheduler: Scheduler, tg: FakeTelegram
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from bot.handlers import admin, chat, commands, errors, group
+from bot.handlers import admin, chat, commands, errors, group, migration, rights
 
 __all__ = ["routers"]
 
@@ -13,6 +13,8 @@ def routers(*, admin_ids: frozenset[int]) -> list[Router]:
     """Fresh routers (a router can belong to one dispatcher only)."""
     return [
         errors.create_router(),
+        migration.create_router(),
+        rights.create_router(),
         admin.create_router(admin_ids),
         commands.create_router(),
         chat.create_router(),

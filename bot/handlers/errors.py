@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from bot.addressing import addressed
 from bot.delivery.scheduler import ChatterDroppedError
+from gptalk import TokenStoreError
 
 __all__ = ["create_router"]
 
@@ -57,7 +58,8 @@ async def on_error(event: ErrorEvent, bot: Bot) -> bool:
         # Blocked by the user, or removed from the group: nothing to tell anyone.
         log.info("cannot write to the chat of update %s: %s", event.update.update_id, exc.message)
         return True
-    if isinstance(exc, RedisError):
+    # The token store wraps its Redis failures (/token, /reset_token): the same outage.
+    if isinstance(exc, RedisError | TokenStoreError):
         if _redis_log.allow():
             log.warning("Redis is unavailable: %s (further reports muted for a minute)", exc)
         text = UNAVAILABLE

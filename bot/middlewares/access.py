@@ -9,6 +9,8 @@ from aiogram import BaseMiddleware
 from aiogram.enums import ChatType
 from aiogram.types import Message, TelegramObject
 
+from bot.chat_events import is_chat_event
+
 __all__ = ["NOT_ALLOWED", "AccessMiddleware"]
 
 NOT_ALLOWED = "Sorry, this bot is private. Ask its owner for access."
@@ -40,7 +42,7 @@ class AccessMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        if not isinstance(event, Message) or self.permits(event):
+        if not isinstance(event, Message) or self.permits(event) or is_chat_event(event):
             return await handler(event, data)
         if event.chat.type == ChatType.PRIVATE and event.from_user and not event.from_user.is_bot:
             await event.answer(NOT_ALLOWED)

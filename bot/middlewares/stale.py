@@ -17,6 +17,9 @@ from aiogram import BaseMiddleware
 from aiogram.enums import ChatType
 from aiogram.types import Message, TelegramObject
 
+from bot.chat_events import is_chat_event
+from bot.storage.expiry import ExpiringMap
+
 __all__ = ["MISSED", "StaleMessageMiddleware"]
 
 MISSED = (
@@ -26,9 +29,13 @@ MISSED = (
 
 
 class StaleMessageMiddleware(BaseMiddleware):
-    def __init__(self, max_age: float = 600.0) -> None:
-        self._max_age = max_age
-        self._told: dict[int, float] = {}  # chat id → when we last said so
+    def __init__(
+        self, max_age: float = 600.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_age, self._clock = max_age, clock
+        # Chats told within the last ``max_age``: an older mark would not silence
+        # anything, so it expires then (a backlog from many chats must not pile up).
+        self._told: ExpiringMap[int, None] = ExpiringMap(max_age, clock=clock)
 
     async def __call__(
         self,
@@ -36,15 +43,11 @@ class StaleMessageMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        if not isinstance(event, Message) or not self._stale(event):
+        if not isinstance(event, Message) or not self._stale(event) or is_chat_event(event):
             return await handler(event, data)
-        now = time.monotonic()
         chat_id = event.chat.id
-        if (
-            event.chat.type == ChatType.PRIVATE
-            and now - self._told.get(chat_id, -1e18) > self._max_age
-        ):
-            self._told[chat_id] = now
+        if event.chat.type == ChatType.PRIVATE and chat_id not in self._told:
+            self._told.put(chat_id, None)
             await event.reply(MISSED)
         return None
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from gptalk import Message
 
+from .expiry import ExpiringMap
 from .keys import ConversationKey, Keys
 
 __all__ = ["HistoryStore", "MemoryHistoryStore", "RedisHistoryStore", "Turn"]
@@ -47,6 +48,15 @@ class HistoryStore(Protocol):
 
     async def clear(self, conversation: ConversationKey) -> None: ...
 
+    async def move(self, old: ConversationKey, new: ConversationKey) -> None:
+        """Give ``old``'s messages to ``new`` (a group that became a supergroup).
+
+        Nothing happens when ``old`` is empty, so moving twice is harmless. When
+        ``new`` has messages already, ``old``'s go after them: they can only be a
+        prompt that was still queued in the old chat when it migrated.
+        """
+        ...
+
 
 def _trim(messages: list[Turn], max_messages: int) -> list[Turn]:
     messages = messages[-max_messages:]
@@ -61,28 +71,19 @@ class MemoryHistoryStore:
     def __init__(
         self, *, max_messages: int, ttl: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._max, self._ttl, self._clock = max_messages, ttl, clock
-        self._data: dict[ConversationKey, tuple[float, list[Turn]]] = {}
+        self._max = max_messages
+        # Expired conversations are dropped as later writes come in (amortized O(1)),
+        # so a process running for weeks holds only those written within ``ttl``.
+        self._data: ExpiringMap[ConversationKey, list[Turn]] = ExpiringMap(ttl, clock=clock)
 
     def _get(self, conversation: ConversationKey) -> list[Turn]:
-        entry = self._data.get(conversation)
-        if entry is None:
-            return []
-        expires, messages = entry
-        if expires <= self._clock():
-            del self._data[conversation]
-            return []
-        return messages
+        return self._data.get(conversation) or []
 
     def _put(self, conversation: ConversationKey, messages: list[Turn]) -> None:
-        if len(self._data) > 10_000:  # drop expired conversations now and then
-            now = self._clock()
-            for key in [k for k, (expires, _) in self._data.items() if expires <= now]:
-                del self._data[key]
         if messages:
-            self._data[conversation] = (self._clock() + self._ttl, messages)
+            self._data.put(conversation, messages)
         else:
-            self._data.pop(conversation, None)
+            self._data.pop(conversation)
 
     async def load(self, conversation: ConversationKey) -> list[Turn]:
         return [_copy(m) for m in self._get(conversation)]
@@ -103,7 +104,14 @@ class MemoryHistoryStore:
         return answer
 
     async def clear(self, conversation: ConversationKey) -> None:
-        self._data.pop(conversation, None)
+        self._data.pop(conversation)
+
+    async def move(self, old: ConversationKey, new: ConversationKey) -> None:
+        moved = self._get(old)
+        if not moved or old == new:
+            return
+        self._data.pop(old)
+        self._put(new, _trim(self._get(new) + moved, self._max))
 
 
 # KEYS[1] = history list; ARGV = max_messages, ttl, message JSON…
@@ -146,6 +154,27 @@ return false
 """
 
 
+# KEYS[1] = old list, KEYS[2] = new list; ARGV = max_messages, ttl.
+_MOVE: Final = """
+if KEYS[1] == KEYS[2] or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+else
+  local moved = redis.call('LRANGE', KEYS[1], 0, -1)
+  for i = 1, #moved do redis.call('RPUSH', KEYS[2], moved[i]) end
+  redis.call('DEL', KEYS[1])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[1]), -1)
+  while true do
+    local first = redis.call('LINDEX', KEYS[2], 0)
+    if not first or cjson.decode(first)['role'] ~= 'assistant' then break end
+    redis.call('LPOP', KEYS[2])
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+
 class RedisHistoryStore:
     """History in Redis lists ``P:history:…`` of JSON ``{"role", "content"}``."""
 
@@ -154,6 +183,7 @@ class RedisHistoryStore:
         self._max, self._ttl = max_messages, ttl
         self._append = redis.register_script(_APPEND)
         self._pop_answer = redis.register_script(_POP_ANSWER)
+        self._move = redis.register_script(_MOVE)
 
     async def load(self, conversation: ConversationKey) -> list[Turn]:
         raw: Sequence[bytes | str] = await self._redis.lrange(
@@ -178,6 +208,11 @@ class RedisHistoryStore:
 
     async def clear(self, conversation: ConversationKey) -> None:
         await self._redis.delete(self._keys.history(conversation))
+
+    async def move(self, old: ConversationKey, new: ConversationKey) -> None:
+        await self._move(
+            keys=[self._keys.history(old), self._keys.history(new)], args=[self._max, self._ttl]
+        )
 
 
 def answer_index(turns: Sequence[Turn], asker: int | None) -> int | None:

@@ -34,9 +34,26 @@ class Keys:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
-    def user_prompts(self, user_id: int) -> str:
-        """Sorted set of a user's recent prompt times (``USER_RATE_LIMIT``)."""
-        return f"{self.prefix}:ratelimit:{user_id}"
+    def user_prompts(self, sender_id: int) -> str:
+        """Sorted set of a sender's recent prompt times (``USER_RATE_LIMIT``).
+
+        The sender is a user (positive id) or, for messages sent on behalf of a chat,
+        that chat (negative id): the two never collide.
+        """
+        return f"{self.prefix}:ratelimit:{sender_id}"
+
+    @property
+    def journal(self) -> str:
+        """Set of the ids of answers in flight (``bot/delivery/journal.py``)."""
+        return f"{self.prefix}:journal"
+
+    def journal_entry(self, answer_id: str) -> str:
+        """Hash of one answer in flight: its owner and what it has shown so far."""
+        return f"{self.prefix}:journal:{answer_id}"
+
+    def owner(self, replica: str) -> str:
+        """A live process's lease: its incarnation, expiring unless renewed."""
+        return f"{self.prefix}:owner:{replica}"
 
     # Telegram's budgets, shared by every process (bot/delivery/redis_budgets.py).
 

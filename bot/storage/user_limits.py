@@ -13,11 +13,12 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
 
+from bot.storage.expiry import ExpiringMap
 from bot.storage.keys import Keys
 
 __all__ = ["Decision", "MemoryUserLimits", "RedisUserLimits", "UserLimits", "Verdict"]
@@ -37,40 +38,47 @@ class Decision:
 
 class UserLimits(Protocol):
     async def hit(self, user_id: int) -> Decision:
-        """Count one prompt of ``user_id`` if it is within the limit."""
+        """Count one prompt of ``user_id`` if it is within the limit.
+
+        The id is the sender's: a user's, or a chat's (negative) for messages sent on
+        behalf of a chat.
+        """
         ...
+
+
+@dataclass
+class _Window:
+    hits: deque[float] = field(default_factory=deque)  # allowed prompts, oldest first
+    told_until: float = -math.inf
 
 
 class MemoryUserLimits:
     def __init__(
         self, limit: int, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1 (no limiter at all means no limit)")
         self._limit, self._window, self._clock = limit, window, clock
-        self._hits: dict[int, deque[float]] = {}
-        self._told_until: dict[int, float] = {}
+        # A user's state matters only until a window has passed since their last
+        # allowed prompt (the "told" mark ends before that), so it expires then; only
+        # allowed prompts refresh it, which keeps the map in expiry order.
+        self._users: ExpiringMap[int, _Window] = ExpiringMap(window, clock=clock)
 
     async def hit(self, user_id: int) -> Decision:
         now = self._clock()
-        if len(self._hits) > 10_000:
-            self._forget_idle(now)
-        hits = self._hits.setdefault(user_id, deque())
+        state = self._users.get(user_id) or _Window()
+        hits = state.hits
         while hits and hits[0] <= now - self._window:
             hits.popleft()
         if len(hits) < self._limit:
             hits.append(now)
+            self._users.put(user_id, state)
             return Decision(Verdict.ALLOW)
         retry_in = hits[0] + self._window - now
-        if self._told_until.get(user_id, -math.inf) > now:
+        if state.told_until > now:
             return Decision(Verdict.IGNORE, retry_in)
-        self._told_until[user_id] = now + retry_in
+        state.told_until = now + retry_in
         return Decision(Verdict.NOTIFY, retry_in)
-
-    def _forget_idle(self, now: float) -> None:
-        for user_id in [
-            u for u, hits in self._hits.items() if not hits or hits[-1] <= now - self._window
-        ]:
-            del self._hits[user_id]
-            self._told_until.pop(user_id, None)
 
 
 # KEYS: the user's sorted set of prompt times, the "told" flag.
