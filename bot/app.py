@@ -33,9 +33,10 @@ from redis.exceptions import RedisError
 
 from bot.answering import Answerer
 from bot.config import Settings
-from bot.delivery.budgets import MemoryBudgets, TelegramLimits
+from bot.delivery.budgets import Budgets, MemoryBudgets, TelegramLimits
 from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
 from bot.delivery.recovery import Recovery
+from bot.delivery.redis_budgets import RedisBudgets
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
 from bot.observability import LagProbe, Metrics, ObserveUpdates, TelegramCallMetrics
@@ -79,6 +80,8 @@ class Application:
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()
+        if isinstance(self.scheduler.budgets, RedisBudgets):
+            await self.scheduler.budgets.aclose()
         await self.bot.session.close()
         await self.llm.close()
         if self.redis is not None:
@@ -212,14 +215,17 @@ async def build_application(
         cooldown=settings.provider_cooldown,
         stats=stats,
     )
+    limits = limits or TelegramLimits(
+        edit_interval=settings.edit_interval,
+        group_edit_interval=settings.group_edit_interval,
+        time_scale=settings.telegram_time_scale,
+    )
+    # With Redis every replica keeps Telegram's limits together with the others.
+    budgets: Budgets = (
+        RedisBudgets(redis, keys, limits) if redis is not None else MemoryBudgets(limits)
+    )
     scheduler = Scheduler(
-        MemoryBudgets(
-            limits
-            or TelegramLimits(
-                edit_interval=settings.edit_interval,
-                group_edit_interval=settings.group_edit_interval,
-            )
-        ),
+        budgets,
         on_grant=lambda priority, waited: metrics.limiter_granted(priority.name.lower(), waited),
     )
     api = (

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
 
     edit_interval: float = Field(1.0, gt=0, allow_inf_nan=False)
     group_edit_interval: float = Field(3.0, gt=0, allow_inf_nan=False)
+    # TEST ONLY: real seconds per Telegram second (0.1: Telegram's windows pass 10×
+    # faster), for tests of real processes against a fake Bot API with a fast clock.
+    telegram_time_scale: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     history_max_messages: int = Field(20, ge=2)
     history_ttl: int = Field(604800, ge=1)
     prompt_max_chars: int = Field(12000, ge=100)

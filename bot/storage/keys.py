@@ -58,3 +58,26 @@ class Keys:
     def update_claim(self, update_id: int) -> str:
         """Set (NX, ~24 h) by the replica that processes this webhook update."""
         return f"{self.prefix}:update:{update_id}"
+
+    # Telegram's budgets, shared by every process (bot/delivery/redis_budgets.py).
+
+    @property
+    def telegram_bot(self) -> str:
+        """Sorted set of the bot's calls in the bot-wide window."""
+        return f"{self.prefix}:telegram:bot"
+
+    def telegram_bucket(self, chat_id: int) -> str:
+        """A private chat's token bucket (GCRA: when it is full again)."""
+        return f"{self.prefix}:telegram:bucket:{chat_id}"
+
+    def telegram_window(self, chat_id: int) -> str:
+        """Sorted set of a group's calls in its window."""
+        return f"{self.prefix}:telegram:window:{chat_id}"
+
+    def telegram_block(self, chat_id: int) -> str:
+        """Until when a 429 blocks the chat."""
+        return f"{self.prefix}:telegram:block:{chat_id}"
+
+    def telegram_answered(self, chat_id: int) -> str:
+        """When the chat's last answer call (first message or edit) went."""
+        return f"{self.prefix}:telegram:answered:{chat_id}"
