@@ -240,6 +240,7 @@ async def build_application(
         allowed_user_ids=settings.allowed_user_ids,
         shutdown_timeout=settings.shutdown_timeout,
         heartbeat_file=settings.heartbeat_file,
+        default_language=settings.default_language,
         token_store=token_store,
         paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url
 from yarl import URL
 
+from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     group_max_concurrent: int = Field(5, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     merge_window: float = Field(1.5, gt=0, allow_inf_nan=False)
+    default_language: Language = "en"
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)
@@ -177,6 +179,15 @@ class Settings(BaseSettings):
                 return frozenset(int(part) for part in value.split(",") if part.strip())
             except ValueError:
                 raise ValueError("must be comma-separated numeric user ids") from None
+        return value
+
+    @field_validator("default_language", mode="before")
+    @classmethod
+    def _language(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in LANGUAGES:
+                raise ValueError(f"must be {' or '.join(LANGUAGES)}")
         return value
 
     @field_validator("log_level", mode="before")

@@ -18,13 +18,9 @@ from aiogram.enums import ChatType
 from aiogram.types import Message, TelegramObject
 
 from bot.chat_events import is_chat_event
+from bot.i18n import Texts
 
-__all__ = ["MISSED", "StaleMessageMiddleware"]
-
-MISSED = (
-    "⏰ I was offline when you sent this, so I skipped it. "
-    "Please send it again if you still need an answer."
-)
+__all__ = ["StaleMessageMiddleware"]
 
 
 class StaleMessageMiddleware(BaseMiddleware):
@@ -47,7 +43,8 @@ class StaleMessageMiddleware(BaseMiddleware):
             and now - self._told.get(chat_id, -1e18) > self._max_age
         ):
             self._told[chat_id] = now
-            await event.reply(MISSED)
+            texts: Texts = data["texts"]
+            await event.reply(texts.missed)
         return None
 
     def _stale(self, message: Message) -> bool:
