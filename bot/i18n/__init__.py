@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 from .en import EN
 from .ru import RU
-from .texts import Texts
+from .texts import Language, Texts
 
 __all__ = ["CATALOGS", "EN", "LANGUAGES", "RU", "Language", "Texts", "language_of", "texts_for"]
 
-Language = Literal["en", "ru"]
 LANGUAGES: Final[tuple[Language, ...]] = get_args(Language)
 CATALOGS: Final[Mapping[Language, Texts]] = MappingProxyType({"en": EN, "ru": RU})
 

@@ -7,6 +7,7 @@ from .texts import Texts
 __all__ = ["EN"]
 
 EN = Texts(
+    language="en",
     stopped="\n\n⏹ _Stopped._",
     reset="\n\n⏹ _Stopped: the conversation was reset._",
     shutdown="\n\n⏹ _Interrupted: the bot is restarting. Send /retry in a moment._",

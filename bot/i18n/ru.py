@@ -7,6 +7,7 @@ from .texts import Texts
 __all__ = ["RU"]
 
 RU = Texts(
+    language="ru",
     stopped="\n\n⏹ _Остановлено._",
     reset="\n\n⏹ _Остановлено: разговор начат заново._",
     shutdown="\n\n⏹ _Прервано: бот перезапускается. Отправьте /retry чуть позже._",

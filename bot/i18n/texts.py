@@ -10,12 +10,17 @@ end an answer and are Markdown (they are rendered with it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["Texts"]
+__all__ = ["Language", "Texts"]
+
+Language = Literal["en", "ru"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Texts:
+    language: Language  # which one this is (e.g. for records that outlive a process)
+
     # --- the end of an answer (Markdown, appended to the answer so far) ---------------
     stopped: str
     reset: str
