@@ -14,7 +14,7 @@ EN = Texts(
     provider_failed=(
         "\n\n⚠️ _Something went wrong while writing this answer. Send /retry to try again._"
     ),
-    interrupted_restart="⚠️ Interrupted: the bot restarted. Send /retry.",
+    interrupted_restart="\n\n⚠️ _Interrupted: the bot restarted. Send /retry._",
     notice_timeout=(
         "\n\n⚠️ _{Service} stopped responding, so the answer is incomplete. "
         "Send /retry to try again._"

@@ -26,7 +26,7 @@ class Texts:
     reset: str
     shutdown: str
     provider_failed: str
-    interrupted_restart: str  # the crash journal's marker for an answer cut by a restart
+    interrupted_restart: str  # bot/delivery/recovery.py INTERRUPTED: an answer cut by a crash
     # A provider cut the answer short; {Service} is {service} starting a sentence.
     notice_timeout: str
     notice_storage: str
