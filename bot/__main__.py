@@ -77,7 +77,7 @@ async def prepare(app: Application) -> None:
         me = await app.bot.get_me()
         if not webhook:
             await app.bot.delete_webhook()  # long polling and a webhook exclude each other
-        await set_commands(app.bot, app.settings.admin_ids)
+        await set_commands(app.bot, app.settings.admin_ids, app.settings.default_language)
     except TelegramUnauthorizedError:
         raise StartupError("BOT_TOKEN: Telegram rejected the token") from None
     except AiogramError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiogram import Bot
@@ -27,6 +27,7 @@ from .conversation.gate import KeyedLock
 from .conversation.line import Line, LineDroppedError
 from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
+from .i18n import Texts
 from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn
@@ -36,22 +37,20 @@ from .storage.user_limits import Decision, UserLimits, Verdict
 from .streaming import ChatUnavailableError, NoRightsError, StreamingReply
 from .unwritable import Unwritable
 
-__all__ = ["LLM", "Answerer", "asker_of", "build_prompt", "notice_for"]
+__all__ = ["LLM", "Answerer", "Marker", "asker_of", "build_prompt", "notice_for"]
 
 log = logging.getLogger(__name__)
 
-STOPPED = "\n\n⏹ _Stopped._"
-RESET = "\n\n⏹ _Stopped: the conversation was reset._"
-SHUTDOWN = "\n\n⏹ _Interrupted: the bot is restarting. Send /retry in a moment._"
-EMPTY = "🤷 The model returned an empty answer. Try /retry or rephrase."
-BUSY = "⏳ I'm still answering your previous messages; send this one again in a moment."
-BUSY_GROUP = "⏳ I'm still answering earlier questions here; ask again in a moment."
-SLOW_DOWN = "🐢 You're sending messages faster than I can answer. Try again in {seconds} s."
-NOTHING_TO_RETRY = "There is nothing to retry yet: send me a message first."
-PROVIDER_FAILED = (
-    "\n\n⚠️ _Something went wrong while writing this answer. Send /retry to try again._"
-)
-RESTARTING = "🔄 The bot is restarting and skipped this message: please send it again in a minute."
+# The marker ending a stopped answer, in the language of the one who asked for it.
+Marker = Callable[[Texts], str]
+
+
+def _stopped(texts: Texts) -> str:
+    return texts.stopped
+
+
+def _shutdown(texts: Texts) -> str:
+    return texts.shutdown
 
 
 def asker_of(message: TgMessage) -> int:
@@ -78,6 +77,7 @@ def build_prompt(system: str, history: Sequence[Message], max_chars: int) -> lis
 class _Generation:
     reply: StreamingReply
     asker: int
+    texts: Texts  # the asker's language
     discard: bool = False  # the conversation was reset: do not record the answer
 
 
@@ -120,14 +120,24 @@ class Answerer:
         return len(self._running.get(conversation, ()))
 
     async def prompt(
-        self, bot: Bot, message: TgMessage, conversation: ConversationKey, text: str
+        self,
+        bot: Bot,
+        message: TgMessage,
+        conversation: ConversationKey,
+        text: str,
+        *,
+        texts: Texts,
     ) -> None:
-        """Answer ``text`` (the user's turn) in ``conversation``, replying to ``message``."""
-        await self._answer(bot, message, conversation, Message(role="user", content=text))
+        """Answer ``text`` (the user's turn) in ``conversation``, replying to ``message``;
+        notices and markers in the asker's language (``texts``)."""
+        user_turn = Message(role="user", content=text)
+        await self._answer(bot, message, conversation, user_turn, texts)
 
-    async def retry(self, bot: Bot, message: TgMessage, conversation: ConversationKey) -> None:
+    async def retry(
+        self, bot: Bot, message: TgMessage, conversation: ConversationKey, *, texts: Texts
+    ) -> None:
         """Regenerate the answer to the last user message, as a new reply."""
-        await self._answer(bot, message, conversation, None)
+        await self._answer(bot, message, conversation, None, texts)
 
     def stop(
         self,
@@ -135,7 +145,7 @@ class Answerer:
         asker: int | None = None,
         *,
         message_id: int | None = None,
-        suffix: str = STOPPED,
+        suffix: Marker = _stopped,
     ) -> bool:
         """Stop running answers of the conversation: ``asker``'s, the one showing
         ``message_id``, or (neither given) all. True when there was one."""
@@ -145,7 +155,7 @@ class Answerer:
                 continue
             if message_id is not None and message_id not in generation.reply.message_ids:
                 continue
-            generation.reply.stop(suffix)
+            generation.reply.stop(suffix(generation.texts))
             stopped = True
         return stopped
 
@@ -153,7 +163,7 @@ class Answerer:
         """Forget the conversation and stop its running answers."""
         for generation in self._running.get(conversation, ()):
             generation.discard = True
-            generation.reply.stop(RESET)
+            generation.reply.stop(generation.texts.reset)
         await self.history.clear(conversation)
         await self.journal.forget(conversation)
 
@@ -168,7 +178,7 @@ class Answerer:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if pending:
             for conversation in list(self._running):
-                self.stop(conversation, suffix=SHUTDOWN)
+                self.stop(conversation, suffix=_shutdown)
             _, pending = await asyncio.wait(pending, timeout=10)
             for task in pending:
                 task.cancel()
@@ -179,6 +189,7 @@ class Answerer:
         message: TgMessage,
         conversation: ConversationKey,
         user_turn: Message | None,
+        texts: Texts,
     ) -> None:
         if self.unwritable.covers(conversation):
             log.debug("not answering in %s: the bot may not write there", conversation)
@@ -193,12 +204,14 @@ class Answerer:
             allowed = decision is None or decision.verdict is Verdict.ALLOW
             ticket = self._line.enter(conversation, asker) if allowed else None
         if decision is not None and decision.verdict is Verdict.NOTIFY:
-            await message.reply(SLOW_DOWN.format(seconds=max(1, round(decision.retry_in))))
+            seconds = max(1, round(decision.retry_in))
+            await message.reply(texts.slow_down.format(seconds=seconds))
             return
         if not allowed:
             return
         if ticket is None:
-            await message.reply(BUSY if message.chat.type == ChatType.PRIVATE else BUSY_GROUP)
+            private = message.chat.type == ChatType.PRIVATE
+            await message.reply(texts.busy if private else texts.busy_group)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -206,12 +219,12 @@ class Answerer:
         try:
             async with ticket:
                 if self._closing:
-                    await message.reply(RESTARTING)
+                    await message.reply(texts.restarting)
                     return
                 if self.unwritable.covers(conversation):  # learnt while this one waited
                     return
                 try:
-                    await self._generate(bot, message, conversation, user_turn, asker)
+                    await self._generate(bot, message, conversation, user_turn, asker, texts)
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
                     # queued prompt starts for a chat that cannot be written to.
@@ -244,6 +257,7 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
         asker: int,
+        texts: Texts,
     ) -> None:
         if user_turn is None:  # /retry: the asker's own last question
             await self.history.pop_answer(conversation, asker)
@@ -257,7 +271,7 @@ class Answerer:
                 None,
             )
             if question is None:
-                await message.reply(NOTHING_TO_RETRY)
+                await message.reply(texts.nothing_to_retry)
                 return
             turns = turns[: question + 1]  # the conversation as it stood then
         else:
@@ -285,18 +299,18 @@ class Answerer:
             message.chat.id,
             reply_to=message.message_id,
             thread_id=message.message_thread_id if message.is_topic_message else None,
-            empty_notice=EMPTY,
+            empty_notice=texts.empty_answer,
             typing_interval=self.typing_interval,
             on_progress=flight.progress,
         )
-        generation = _Generation(reply, asker)
+        generation = _Generation(reply, asker, texts)
         self._running.setdefault(conversation, []).append(generation)
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
         started = time.monotonic()
         observed = self.metrics.answer()
         try:
-            delivered = await reply.run(self._deltas(prompt, observed))
+            delivered = await reply.run(self._deltas(prompt, texts, observed))
         except ChatUnavailableError:
             observed.failed("chat_unavailable")
             raise
@@ -333,7 +347,9 @@ class Answerer:
         except RedisError as exc:  # the user has the answer; only the memory of it is lost
             log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
 
-    async def _deltas(self, prompt: list[Message], observed: AnswerMetrics) -> AsyncIterator[str]:
+    async def _deltas(
+        self, prompt: list[Message], texts: Texts, observed: AnswerMetrics
+    ) -> AsyncIterator[str]:
         stream = self.llm.stream(prompt)
         try:
             async for delta in stream:
@@ -343,13 +359,13 @@ class Answerer:
             observed.failed(type(exc).__name__.removeprefix("Provider").lower())
             log.warning("%s failed: %s", exc.provider, exc)
             await self.stats.incr("failures")
-            yield notice_for(exc)
+            yield notice_for(exc, texts)
         except Exception:
             # A bug in a provider, not an upstream failure: the answer still ends with
             # a readable notice, and the traceback (no prompt in it) goes to the log.
             log.error("the LLM provider failed unexpectedly", exc_info=True)
             await self.stats.incr("failures")
-            yield PROVIDER_FAILED
+            yield texts.provider_failed
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # release the HTTP response now, also when stopped

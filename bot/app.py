@@ -270,6 +270,7 @@ async def build_application(
         allowed_user_ids=settings.allowed_user_ids,
         shutdown_timeout=settings.shutdown_timeout,
         heartbeat_file=settings.heartbeat_file,
+        default_language=settings.default_language,
         token_store=token_store,
         paste_merger=MemoryPasteMerger(settings.merge_window),
         settings=settings,
@@ -282,7 +283,13 @@ async def build_application(
     dispatcher.shutdown.register(lag_probe.stop)
     # Registered after the dispatcher's own hooks: at shutdown the lease outlives the
     # answers still finishing, so that no other process interrupts them.
-    recovery = Recovery(bot, journal, history, interval=settings.journal_lease / 3)
+    recovery = Recovery(
+        bot,
+        journal,
+        history,
+        interval=settings.journal_lease / 3,
+        default_language=settings.default_language,
+    )
     dispatcher.startup.register(recovery.start)
     dispatcher.shutdown.register(recovery.stop)
     health = Health(bot=bot, redis=redis, metrics=metrics)

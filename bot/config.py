@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url
 from yarl import URL
 
+from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
     # Test-only: seconds a silent process still counts as alive, so that the crash
     # tests need not wait the production lease out (bot/delivery/journal.py).
     journal_lease: float = Field(15.0, ge=0.3, le=3600, allow_inf_nan=False)
+    default_language: Language = "en"
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
 
@@ -232,6 +234,15 @@ class Settings(BaseSettings):
                 return frozenset(int(part) for part in value.split(",") if part.strip())
             except ValueError:
                 raise ValueError("must be comma-separated numeric user ids") from None
+        return value
+
+    @field_validator("default_language", mode="before")
+    @classmethod
+    def _language(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in LANGUAGES:
+                raise ValueError(f"must be {' or '.join(LANGUAGES)}")
         return value
 
     @field_validator("log_level", mode="before")

@@ -18,11 +18,13 @@ from aiogram.types import (
 
 from bot.answering import Answerer
 from bot.handlers import routers
-from bot.handlers.admin import ADMIN_COMMANDS
-from bot.handlers.commands import GROUP_COMMANDS, PRIVATE_COMMANDS
+from bot.handlers.admin import admin_commands
+from bot.handlers.commands import group_commands, private_commands
 from bot.heartbeat import Heartbeat
+from bot.i18n import CATALOGS, LANGUAGES, Language
 from bot.middlewares.access import AccessMiddleware
 from bot.middlewares.conversation import ConversationMiddleware
+from bot.middlewares.language import LanguageMiddleware
 from bot.middlewares.paste_order import PasteOrderMiddleware
 from bot.middlewares.stale import StaleMessageMiddleware
 from bot.storage.stats import Stats, keep_refreshing
@@ -41,6 +43,7 @@ def create_dispatcher(
     shutdown_timeout: float = 30.0,
     heartbeat_file: Path | None = None,
     max_message_age: float = 600.0,
+    default_language: Language = "en",
     **data: Any,
 ) -> Dispatcher:
     """Routers, middlewares and the objects handlers receive by name (``answerer``,
@@ -51,6 +54,8 @@ def create_dispatcher(
     (``bot/heartbeat.py``, the container's healthcheck).
     """
     dp = Dispatcher(answerer=answerer, stats=stats, **data)
+    # Every update, errors included, gets its sender's texts (DEFAULT_LANGUAGE otherwise).
+    dp.update.outer_middleware(LanguageMiddleware(default_language))
     # Access first: strangers get the same refusal whatever the age of their message.
     dp.message.outer_middleware(AccessMiddleware(allowed_user_ids, admin_ids))
     dp.message.outer_middleware(StaleMessageMiddleware(max_message_age))
@@ -83,16 +88,33 @@ def create_dispatcher(
     return dp
 
 
-async def set_commands(bot: Bot, admin_ids: frozenset[int] = frozenset()) -> None:
+async def set_commands(
+    bot: Bot, admin_ids: frozenset[int] = frozenset(), default_language: Language = "en"
+) -> None:
     """The command menus: private chats, groups, and admins' private chats (with the
-    admin commands, which nobody else sees)."""
-    await bot.set_my_commands(PRIVATE_COMMANDS, scope=BotCommandScopeAllPrivateChats())
-    await bot.set_my_commands(GROUP_COMMANDS, scope=BotCommandScopeAllGroupChats())
+    admin commands, which nobody else sees). Each in English and Russian, for users
+    whose Telegram speaks them, and by default in ``default_language``."""
+    menus: list[tuple[Language, str | None]] = [
+        (default_language, None),
+        *((language, language) for language in LANGUAGES),
+    ]
+    for language, code in menus:
+        texts = CATALOGS[language]
+        await bot.set_my_commands(
+            private_commands(texts), scope=BotCommandScopeAllPrivateChats(), language_code=code
+        )
+        await bot.set_my_commands(
+            group_commands(texts), scope=BotCommandScopeAllGroupChats(), language_code=code
+        )
     for admin_id in sorted(admin_ids):
         try:
-            await bot.set_my_commands(
-                [*PRIVATE_COMMANDS, *ADMIN_COMMANDS], scope=BotCommandScopeChat(chat_id=admin_id)
-            )
+            for language, code in menus:
+                texts = CATALOGS[language]
+                await bot.set_my_commands(
+                    [*private_commands(texts), *admin_commands(texts)],
+                    scope=BotCommandScopeChat(chat_id=admin_id),
+                    language_code=code,
+                )
         except (TelegramBadRequest, TelegramForbiddenError) as exc:
             # "chat not found" until the admin has started a chat with the bot.
             log.warning("no admin command menu for %s yet: %s", admin_id, exc.message)

@@ -8,9 +8,11 @@ what Telegram would store.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import pyromark
 import telegramify_markdown
 from aiogram.types import MessageEntity
 
@@ -80,9 +82,47 @@ class Rendered:
         return utf16_len(self.text)
 
 
+# As telegramify-markdown parses (tables, strikethrough, task lists, math).
+_OPTIONS = (
+    pyromark.Options.ENABLE_TABLES
+    | pyromark.Options.ENABLE_STRIKETHROUGH
+    | pyromark.Options.ENABLE_TASKLISTS
+    | pyromark.Options.ENABLE_MATH
+)
+# Where CommonMark may see a tag, a comment or a processing instruction.
+_TAG_START = re.compile(r"<[A-Za-z/!?]")
+
+
+def _html_as_text(markdown: str) -> str:
+    """Escape the ``<`` of every raw HTML tag, so that it shows as written.
+
+    Telegram cannot show HTML from Markdown and telegramify-markdown drops it, so
+    ``List<String>`` would reach the user as ``List``. Code spans and blocks are
+    not HTML and stay as they are. An HTML block, once escaped, is a paragraph
+    whose inner tags are inline HTML: hence another round.
+    """
+    again = True
+    while again and _TAG_START.search(markdown):
+        source, starts, again = markdown.encode(), set(), False
+        for event, where in pyromark.events_with_range(markdown, options=_OPTIONS):
+            if isinstance(event, dict) and ("InlineHtml" in event or "Html" in event):
+                start = source.find(b"<", where["start"], where["end"])
+                if start >= 0:
+                    starts.add(start)
+                    again = again or "Html" in event
+        for start in sorted(starts, reverse=True):
+            source = source[:start] + b"\\" + source[start:]
+        markdown = source.decode()
+    return markdown
+
+
 def render(markdown: str) -> Rendered:
-    """Render the model's Markdown (possibly half-written) to text + entities."""
-    text, entities = telegramify_markdown.convert(markdown)
+    """Render the model's Markdown (possibly half-written) to text + entities.
+
+    Tables become an aligned monospace block (telegramify-markdown draws them in a
+    ``pre`` entity); raw HTML tags are shown as text (:func:`_html_as_text`).
+    """
+    text, entities = telegramify_markdown.convert(_html_as_text(markdown))
     converted = []
     for entity in entities:
         data = entity.to_dict()

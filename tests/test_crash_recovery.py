@@ -8,6 +8,7 @@ answerer's journal bookkeeping through the whole bot, and ``kill -9`` of a real
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -23,8 +24,10 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.journal import Entry, RedisJournal
-from bot.delivery.recovery import INTERRUPTED, Recovery, with_marker
+from bot.delivery.recovery import Recovery, with_marker
 from bot.delivery.scheduler import Scheduler
+from bot.i18n.en import EN
+from bot.i18n.ru import RU
 from bot.render import Rendered, render
 from bot.storage.history import RedisHistoryStore
 from bot.storage.keys import ConversationKey, Keys
@@ -36,6 +39,7 @@ from tests.fake_telegram import FakeTelegram
 from tests.telegram_harness import make_bot as make_aiogram_bot
 
 LEASE = 0.6
+INTERRUPTED = EN.interrupted_restart
 MARKER = render(INTERRUPTED).text  # "⚠️ Interrupted: the bot restarted. Send /retry."
 KEYS = Keys("gptalk")
 
@@ -117,6 +121,27 @@ async def half_written(
     return entry, question, shown
 
 
+async def test_the_marker_is_in_the_askers_language(
+    tg: FakeTelegram,
+    bot: Bot,
+    redis: aioredis.Redis,
+    history: RedisHistoryStore,
+    journals: list[RedisJournal],
+) -> None:
+    dead = await journal(redis, journals, "host:1")
+    entry, _question, shown = await half_written(tg, bot, history, dead, keyboard=False)
+    await dead.update(dataclasses.replace(entry, language="ru-RU"))
+    sweeper = await journal(redis, journals, "host:2")
+    recovery = Recovery(bot, sweeper, history, interval=LEASE, default_language="en")
+    crash(dead)
+    await asyncio.sleep(LEASE * 1.5)
+    assert await recovery.sweep() == 1
+    [message] = tg.bot_messages(1001)
+    assert message.text == f"{shown.text}\n\n{render(RU.interrupted_restart).text}"
+    turns = await history.load(ConversationKey(1001))
+    assert turns[-1]["content"] == entry.markdown + RU.interrupted_restart
+
+
 async def journal_keys(redis: aioredis.Redis) -> list[str]:
     return sorted(k.decode() for k in await redis.keys("gptalk:journal*"))
 
@@ -140,7 +165,7 @@ async def test_a_dead_owners_answer_is_marked_and_recorded(
     await asyncio.sleep(LEASE * 1.5)
     assert await recovery.sweep() == 1
 
-    expected = with_marker(shown)
+    expected = with_marker(shown, INTERRUPTED)
     assert message.text == f"{shown.text}\n\n{MARKER}"
     assert message.text == expected.text
     marker_at = len(shown.text) + 2

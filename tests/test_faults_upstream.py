@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from bot.answering import EMPTY, notice_for
+from bot.answering import notice_for
 from bot.delivery.budgets import TelegramLimits
+from bot.i18n import EN
 from bot.providers.gptalk import provider_error
 from bot.render import render, split
 from gptalk import APIStatusError, APITimeoutError, ProtocolError, StreamInterruptedError
@@ -69,10 +70,10 @@ def _long_answer(size: int = 50_000) -> str:
 LONG_ANSWER = _long_answer()
 
 # The notices, as the bot words them (bot/answering.py), one per kind of failure.
-STOPPED_RESPONDING = notice_for(provider_error(APITimeoutError("stalled", endpoint="stream")))
-CUT_OFF = notice_for(provider_error(StreamInterruptedError("cut", received="")))
-UNAVAILABLE = notice_for(provider_error(APIStatusError("down", status=500, endpoint="submit")))
-UNREADABLE = notice_for(provider_error(ProtocolError("garbled", endpoint="stream")))
+STOPPED_RESPONDING = notice_for(provider_error(APITimeoutError("stalled", endpoint="stream")), EN)
+CUT_OFF = notice_for(provider_error(StreamInterruptedError("cut", received="")), EN)
+UNAVAILABLE = notice_for(provider_error(APIStatusError("down", status=500, endpoint="submit")), EN)
+UNREADABLE = notice_for(provider_error(ProtocolError("garbled", endpoint="stream")), EN)
 
 # Nothing of this may reach a chat: error texts, status codes, protocol details.
 FORBIDDEN = (
@@ -277,7 +278,7 @@ async def test_upstream_fault(
     assert len(fake_gptalk.requests_to("login")) - logins_before == row.login_requests
 
     # (1) Ann sees the text so far, then a short notice; nothing raw anywhere.
-    expected = parts(row.stored) if row.stored is not None else [EMPTY]
+    expected = parts(row.stored) if row.stored is not None else [EN.empty_answer]
     assert [m.text for m in tg.bot_messages(ANN_ID)] == expected
     assert harness.answer(question) == "".join(expected)
     if row.phrase is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from bot.answering import build_prompt
 from bot.answering import notice_for as provider_notice
+from bot.i18n import CATALOGS, EN, Texts
 from bot.logs import RedactingFilter
 from bot.providers.gptalk import provider_error
 from gptalk import (
@@ -147,9 +148,12 @@ def test_does_not_mutate_history() -> None:
 LEAK = "SECRET-DETAIL-4711"
 
 
-def notice_for(error: GPTalkError) -> str:
+LANGUAGES = pytest.mark.parametrize("texts", CATALOGS.values(), ids=CATALOGS.keys())
+
+
+def notice_for(error: GPTalkError, texts: Texts = EN) -> str:
     """The notice for a GPTalk error, as the GPTalk provider reports it."""
-    return provider_notice(provider_error(error))
+    return provider_notice(provider_error(error), texts)
 
 
 def errors() -> dict[str, list[GPTalkError]]:
@@ -167,8 +171,9 @@ def errors() -> dict[str, list[GPTalkError]]:
     }
 
 
-def test_notices_are_distinct_per_kind() -> None:
-    by_kind = {kind: {notice_for(e) for e in errs} for kind, errs in errors().items()}
+@LANGUAGES
+def test_notices_are_distinct_per_kind(texts: Texts) -> None:
+    by_kind = {kind: {notice_for(e, texts) for e in errs} for kind, errs in errors().items()}
     for kind, notices in by_kind.items():
         assert len(notices) == 1, kind  # one notice per kind
     texts = [next(iter(notices)) for notices in by_kind.values()]
@@ -183,8 +188,9 @@ def test_notices_are_distinct_per_kind() -> None:
     ],
     ids=lambda error: type(error).__name__,
 )
-def test_notice_is_short_markdown_without_exception_text(error: GPTalkError) -> None:
-    notice = notice_for(error)
+@LANGUAGES
+def test_notice_is_short_markdown_without_exception_text(error: GPTalkError, texts: Texts) -> None:
+    notice = notice_for(error, texts)
     assert notice.strip()
     assert len(notice) <= 200
     assert LEAK not in notice
@@ -197,11 +203,12 @@ def test_notice_is_short_markdown_without_exception_text(error: GPTalkError) -> 
     assert notice.count("`") % 2 == 0
 
 
-def test_notice_starts_a_new_paragraph() -> None:
+@LANGUAGES
+def test_notice_starts_a_new_paragraph(texts: Texts) -> None:
     """Notices are appended to the text so far: they must not glue onto its last word."""
     for errs in errors().values():
         for error in errs:
-            assert notice_for(error).startswith("\n")
+            assert notice_for(error, texts).startswith("\n")
 
 
 # --- RedactingFilter ---------------------------------------------------------------------

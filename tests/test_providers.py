@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bot.i18n import EN
 from bot.providers import (
     ProviderAuthError,
     ProviderCutOff,
@@ -37,7 +38,7 @@ SERVICE = "the model service"  # how notices name it when several providers may 
 
 
 def notice(kind: type[Any], **kw: Any) -> str:
-    return str(notice_for(kind("detail", provider="x", service=SERVICE, **kw)))
+    return str(notice_for(kind("detail", provider="x", service=SERVICE, **kw), EN))
 
 
 STOPPED_RESPONDING = notice(ProviderTimeout)

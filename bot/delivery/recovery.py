@@ -30,22 +30,22 @@ from aiogram.types import LinkPreviewOptions, ReplyParameters
 from redis.exceptions import RedisError
 
 from bot.delivery.journal import Entry, Journal, digest
+from bot.i18n import Language, texts_for
 from bot.render import MAX_MESSAGE_UNITS, Entity, Rendered, render, utf16_len
 from bot.storage.history import HistoryStore, Turn
 
-__all__ = ["INTERRUPTED", "Recovery", "with_marker"]
+__all__ = ["Recovery", "with_marker"]
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED: Final = "\n\n⚠️ _Interrupted: the bot restarted. Send /retry._"
 NO_PREVIEW: Final = LinkPreviewOptions(is_disabled=True)
 _TRANSIENT = (TelegramRetryAfter, TelegramNetworkError, TelegramServerError)
 
 
-def with_marker(shown: Rendered) -> Rendered:
+def with_marker(shown: Rendered, marker_markdown: str) -> Rendered:
     """The last message as shown, followed by the rendered marker (like the bot's
     other markers, after a blank line and outside any formatting of the text)."""
-    marker = render(INTERRUPTED)
+    marker = render(marker_markdown)
     if not shown.text:
         return marker
     head = shown.text + "\n\n"
@@ -58,10 +58,17 @@ class Recovery:
     """The sweeper. ``start`` and ``stop`` are the dispatcher's startup and shutdown hooks."""
 
     def __init__(
-        self, bot: Bot, journal: Journal, history: HistoryStore, *, interval: float
+        self,
+        bot: Bot,
+        journal: Journal,
+        history: HistoryStore,
+        *,
+        interval: float,
+        default_language: Language = "en",
     ) -> None:
         self._bot, self._journal, self._history = bot, journal, history
         self._interval = interval
+        self._default_language: Language = default_language
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -106,15 +113,20 @@ class Recovery:
             ended += 1
         return ended
 
+    def _marker(self, entry: Entry) -> str:
+        """The marker in the asker's language."""
+        return texts_for(entry.language, self._default_language).interrupted_restart
+
     async def _mark(self, entry: Entry) -> bool:
         """Show the marker; False when Telegram should be asked again later."""
         chat_id = entry.conversation.chat_id
-        content = with_marker(entry.last)
+        marker = self._marker(entry)
+        content = with_marker(entry.last, marker)
         try:
             if entry.message_ids and content.units <= MAX_MESSAGE_UNITS:
                 await self._edit(entry, content)
             else:  # nothing shown yet, or no room left in the last message
-                await self._send(entry, render(INTERRUPTED))
+                await self._send(entry, render(marker))
         except _TRANSIENT as exc:
             log.warning("interrupted answer in chat %s not marked yet: %s", chat_id, exc)
             return False
@@ -179,7 +191,7 @@ class Recovery:
             if last is None or last["role"] != "user" or digest(last["content"]) != entry.question:
                 log.info("interrupted answer in chat %s: history moved on", conversation.chat_id)
                 return
-            answer = Turn(role="assistant", content=entry.markdown + INTERRUPTED)
+            answer = Turn(role="assistant", content=entry.markdown + self._marker(entry))
             if entry.asker is not None:
                 answer["asker"] = entry.asker
             await self._history.append(conversation, answer)

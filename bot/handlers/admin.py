@@ -14,20 +14,22 @@ from aiogram.filters import Command, Filter
 from aiogram.types import BotCommand, Message
 
 from bot.config import Settings
+from bot.i18n import Texts
 from bot.observability import LagProbe
 from bot.storage.stats import Stats
 from gptalk import TokenStore
 
-__all__ = ["ADMIN_COMMANDS", "IsAdmin", "create_router"]
+__all__ = ["IsAdmin", "admin_commands", "create_router"]
 
 log = logging.getLogger(__name__)
 
-ADMIN_COMMANDS = [
-    BotCommand(command="token", description="Admin: the shared GPTalk token's state"),
-    BotCommand(command="reset_token", description="Admin: force a fresh GPTalk login"),
-    BotCommand(command="stats", description="Admin: usage counters"),
-]
-REFUSAL = "⛔ This command is for the bot's admins."
+
+def admin_commands(texts: Texts) -> list[BotCommand]:
+    return [
+        BotCommand(command="token", description=texts.cmd_token),
+        BotCommand(command="reset_token", description=texts.cmd_reset_token),
+        BotCommand(command="stats", description=texts.cmd_stats),
+    ]
 
 
 class IsAdmin(Filter):
@@ -45,76 +47,83 @@ class IsAdmin(Filter):
         )
 
 
-def _when(timestamp: float | None) -> str:
+def _when(timestamp: float | None, texts: Texts) -> str:
     if timestamp is None:
-        return "unknown"
+        return texts.unknown_time
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-async def on_token(message: Message, token_store: TokenStore, settings: Settings) -> None:
+async def on_token(
+    message: Message, token_store: TokenStore, settings: Settings, texts: Texts
+) -> None:
     status = await token_store.status()
     in_use = "gptalk" in settings.llm_providers
     # The token may still be in a shared Redis, so its state is shown either way.
-    note = "" if in_use else "ℹ️ GPTalk is not in use (LLM_PROVIDERS does not list it).\n\n"
+    note = "" if in_use else f"{texts.gptalk_unused}\n\n"
     if not status.has_token:
-        later = ": the next request logs in." if in_use else "."
-        await message.answer(f"{note}🔑 No GPTalk token yet{later}")
+        await message.answer(note + (texts.no_token_login if in_use else texts.no_token))
         return
-    expired = " (expired)" if status.is_expired() else ""
+    expired = texts.token_expired if status.is_expired() else ""
     await message.answer(
-        f"{note}🔑 Shared GPTalk token\n"
-        f"Obtained: {_when(status.obtained_at)}\n"
-        f"Expires: {_when(status.expires_at)}{expired}\n"
-        f"Uses left: {status.uses_left} of {status.max_uses}"
+        note
+        + texts.token_status.format(
+            obtained=_when(status.obtained_at, texts),
+            expires=_when(status.expires_at, texts),
+            expired=expired,
+            left=status.uses_left,
+            max_uses=status.max_uses,
+        )
     )
 
 
-async def on_reset_token(message: Message, token_store: TokenStore) -> None:
+async def on_reset_token(message: Message, token_store: TokenStore, texts: Texts) -> None:
     dropped = await token_store.invalidate()
     log.info("admin %s reset the GPTalk token", message.from_user and message.from_user.id)
-    await message.answer(
-        "✅ Token reset: the next request logs in anew."
-        if dropped
-        else "✅ There was no token: the next request logs in anew."
-    )
+    await message.answer(texts.token_reset if dropped else texts.token_none)
 
 
 async def on_stats(
-    message: Message, stats: Stats, settings: Settings, lag_probe: LagProbe | None = None
+    message: Message,
+    stats: Stats,
+    settings: Settings,
+    texts: Texts,
+    lag_probe: LagProbe | None = None,
 ) -> None:
     numbers = await stats.snapshot()
     providers = await stats.providers()
     lines = []
     for name in settings.llm_providers:  # in fallback order
         counts = providers.get(name, {})
-        line = (
-            f"{name}: {counts.get('requests', 0)} requests, {counts.get('failures', 0)} "
-            f"failures, {counts.get('fallbacks', 0)} as fallback"
+        line = texts.stats_provider.format(
+            name=name,
+            requests=counts.get("requests", 0),
+            failures=counts.get("failures", 0),
+            fallbacks=counts.get("fallbacks", 0),
         )
         if counts.get("first_texts"):
-            line += (
-                f", first text after {counts['first_text_ms'] / counts['first_texts'] / 1000:.1f} s"
-            )
+            seconds = counts["first_text_ms"] / counts["first_texts"] / 1000
+            line += texts.stats_first_text.format(seconds=seconds)
         lines.append(line)
     lag = (
-        f"\n\nEvent-loop lag (this process): {lag_probe.last * 1000:.0f} ms now, "
-        f"{lag_probe.worst * 1000:.0f} ms at worst"
+        texts.stats_lag.format(now=lag_probe.last * 1000, worst=lag_probe.worst * 1000)
         if lag_probe is not None
         else ""
     )
     await message.answer(
-        "📊 Statistics (all processes)\n"
-        f"Requests: {numbers['requests']}\n"
-        f"Failures: {numbers['failures']}\n"
-        f"GPTalk logins: {numbers['logins']}\n"
-        f"Telegram 429s: {numbers['429s']}\n"
-        f"Streaming now: {numbers['active']}\n\n"
-        "Providers, in fallback order:\n" + "\n".join(lines) + lag
+        texts.stats.format(
+            requests=numbers["requests"],
+            failures=numbers["failures"],
+            logins=numbers["logins"],
+            throttled=numbers["429s"],
+            active=numbers["active"],
+            providers="\n".join(lines),
+        )
+        + lag
     )
 
 
-async def on_refused(message: Message) -> None:
-    await message.reply(REFUSAL)
+async def on_refused(message: Message, texts: Texts) -> None:
+    await message.reply(texts.admin_only)
 
 
 def create_router(admin_ids: frozenset[int]) -> Router:

@@ -8,6 +8,7 @@ from aiogram.types import Message
 
 from bot.addressing import user_turn
 from bot.answering import Answerer
+from bot.i18n import Texts
 from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
@@ -21,6 +22,7 @@ async def ask(
     conversation: ConversationKey,
     paste_merger: PasteMerger,
     prompt: str,
+    texts: Texts,
 ) -> None:
     # A piece of a split paste waits for the rest, or joins the paste waiting for it.
     merged = await paste_merger.merge(PasteKey(conversation, sender_of(message)), message, prompt)
@@ -30,5 +32,5 @@ async def ask(
     first = merged.first
     group = first.chat.type != ChatType.PRIVATE
     await answerer.prompt(
-        bot, first, conversation, user_turn(first, merged.prompt, me, group=group)
+        bot, first, conversation, user_turn(first, merged.prompt, me, group=group), texts=texts
     )

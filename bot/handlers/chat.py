@@ -8,14 +8,11 @@ from aiogram.types import Message
 from bot.answering import Answerer
 from bot.entities_markdown import to_markdown
 from bot.handlers.asking import ask
+from bot.i18n import Texts
 from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
-
-TEXT_ONLY = "I can only read text messages. Please send your question as text."
-UNKNOWN_COMMAND = "I don't know that command. /help lists the ones I do."
-EMPTY_PROMPT = "Your message is empty. What would you like to ask?"
 
 
 def _prompt(message: Message) -> str:
@@ -26,12 +23,12 @@ def _prompt(message: Message) -> str:
 
 
 async def on_unknown_command(
-    message: Message, conversation: ConversationKey, paste_merger: PasteMerger
+    message: Message, conversation: ConversationKey, paste_merger: PasteMerger, texts: Texts
 ) -> None:
     # A piece of a split paste may start with "/" (a path in a log, say).
     key = PasteKey(conversation, sender_of(message))
     if not await paste_merger.extend(key, message, _prompt(message)):
-        await message.answer(UNKNOWN_COMMAND)
+        await message.answer(texts.unknown_command)
 
 
 async def on_text(
@@ -40,16 +37,17 @@ async def on_text(
     answerer: Answerer,
     conversation: ConversationKey,
     paste_merger: PasteMerger,
+    texts: Texts,
 ) -> None:
     prompt = _prompt(message)
     if not prompt.strip():
-        await message.answer(EMPTY_PROMPT)
+        await message.answer(texts.empty_prompt)
         return
-    await ask(message, bot, answerer, conversation, paste_merger, prompt)
+    await ask(message, bot, answerer, conversation, paste_merger, prompt, texts)
 
 
-async def on_other(message: Message) -> None:
-    await message.answer(TEXT_ONLY)
+async def on_other(message: Message, texts: Texts) -> None:
+    await message.answer(texts.text_only)
 
 
 def create_router() -> Router:

@@ -15,56 +15,41 @@ from bot.addressing import prompt_of, quote_of
 from bot.answering import Answerer, asker_of
 from bot.config import Settings
 from bot.handlers.asking import ask
+from bot.i18n import Texts
 from bot.paste_merger import PasteMerger
 from bot.providers import service_name
 from bot.storage.keys import ConversationKey
 
-__all__ = ["GROUP_COMMANDS", "PRIVATE_COMMANDS", "create_router"]
-
-PRIVATE_COMMANDS = [
-    BotCommand(command="new", description="Start a new conversation"),
-    BotCommand(command="stop", description="Stop the answer being written"),
-    BotCommand(command="retry", description="Answer the last message again"),
-    BotCommand(command="help", description="How to use this bot"),
-]
-GROUP_COMMANDS = [
-    BotCommand(command="ask", description="Ask me something"),
-    *PRIVATE_COMMANDS,
-]
-
-HELP = (
-    "Send me any message and I'll answer it with {service}, writing the answer as it "
-    "comes in. I remember our conversation, so you can ask follow-up questions.\n\n"
-    "/new — start a new conversation (also /reset)\n"
-    "/stop — stop the answer being written\n"
-    "/retry — answer your last message again\n"
-    "/help — this message"
-)
-GROUP_HELP = (
-    "In this group I answer when you mention me, reply to one of my messages, or use "
-    "/ask <question>. Reply to someone's message with /ask to ask me about it. "
-    "Each group (and each forum topic) is one conversation.\n\n"
-    "/new — start a new conversation here (also /reset)\n"
-    "/stop — stop the answer being written\n"
-    "/retry — answer the last question again"
-)
-ASK_USAGE = "Usage: /ask <question> — or reply to a message with /ask."
+__all__ = ["create_router", "group_commands", "private_commands"]
 
 
-def _help_for(message: Message, settings: Settings) -> str:
+def private_commands(texts: Texts) -> list[BotCommand]:
+    return [
+        BotCommand(command="new", description=texts.cmd_new),
+        BotCommand(command="stop", description=texts.cmd_stop),
+        BotCommand(command="retry", description=texts.cmd_retry),
+        BotCommand(command="help", description=texts.cmd_help),
+    ]
+
+
+def group_commands(texts: Texts) -> list[BotCommand]:
+    return [BotCommand(command="ask", description=texts.cmd_ask), *private_commands(texts)]
+
+
+def _help_for(message: Message, settings: Settings, texts: Texts) -> str:
     if message.chat.type != ChatType.PRIVATE:
-        return GROUP_HELP
+        return texts.group_help
     service = service_name(settings.llm_providers)
-    return HELP.format(service="a language model" if service != "GPTalk" else service)
+    return texts.help.format(service=texts.a_language_model if service != "GPTalk" else service)
 
 
-async def on_start(message: Message, settings: Settings) -> None:
-    name = message.from_user.first_name if message.from_user else "there"
-    await message.answer(f"Hi, {name}! 👋\n\n{_help_for(message, settings)}")
+async def on_start(message: Message, settings: Settings, texts: Texts) -> None:
+    name = message.from_user.first_name if message.from_user else texts.someone
+    await message.answer(texts.start.format(name=name, help=_help_for(message, settings, texts)))
 
 
-async def on_help(message: Message, settings: Settings) -> None:
-    await message.answer(_help_for(message, settings))
+async def on_help(message: Message, settings: Settings, texts: Texts) -> None:
+    await message.answer(_help_for(message, settings, texts))
 
 
 async def on_ask(
@@ -73,34 +58,33 @@ async def on_ask(
     answerer: Answerer,
     conversation: ConversationKey,
     paste_merger: PasteMerger,
+    texts: Texts,
 ) -> None:
     prompt = prompt_of(message, await bot.me(), command=True)
     if not prompt.strip():
         if quote_of(message, await bot.me()) is None:
-            await message.reply(ASK_USAGE)
+            await message.reply(texts.ask_usage)
             return
-        prompt = "What do you say to this?"
-    await ask(message, bot, answerer, conversation, paste_merger, prompt)
+        prompt = texts.quote_question
+    await ask(message, bot, answerer, conversation, paste_merger, prompt, texts)
 
 
-async def on_new(message: Message, answerer: Answerer, conversation: ConversationKey) -> None:
+async def on_new(
+    message: Message, answerer: Answerer, conversation: ConversationKey, texts: Texts
+) -> None:
     await answerer.reset(conversation)
-    await message.answer("🆕 New conversation. What would you like to talk about?")
-
-
-NOTHING_TO_STOP = "Nothing to stop: no answer is being written."
-NOTHING_OF_YOURS = "Nothing to stop: none of the answers being written here is yours."
+    await message.answer(texts.new_conversation)
 
 
 async def on_stop(
-    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
+    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey, texts: Texts
 ) -> None:
     """In a private chat: the answer being written. In a group: the sender's own;
     an admin (ADMIN_IDS) may stop any, by replying to it with /stop (or, with no
     answer of their own and no reply, all of them)."""
     if message.chat.type == ChatType.PRIVATE:
         if not answerer.stop(conversation):
-            await message.answer(NOTHING_TO_STOP)
+            await message.answer(texts.nothing_to_stop)
         return
     if answerer.stop(conversation, asker_of(message)):
         return
@@ -113,15 +97,16 @@ async def on_stop(
                 return
         elif answerer.stop(conversation):
             return
-        await message.reply(NOTHING_TO_STOP)
+        await message.reply(texts.nothing_to_stop)
         return
-    await message.reply(NOTHING_OF_YOURS if answerer.active_in(conversation) else NOTHING_TO_STOP)
+    running = answerer.active_in(conversation)
+    await message.reply(texts.nothing_of_yours if running else texts.nothing_to_stop)
 
 
 async def on_retry(
-    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey
+    message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey, texts: Texts
 ) -> None:
-    await answerer.retry(bot, message, conversation)
+    await answerer.retry(bot, message, conversation, texts=texts)
 
 
 def create_router() -> Router:

@@ -14,14 +14,12 @@ from redis.exceptions import RedisError
 
 from bot.addressing import addressed
 from bot.delivery.scheduler import ChatterDroppedError
+from bot.i18n import Texts
 from gptalk import TokenStoreError
 
 __all__ = ["create_router"]
 
 log = logging.getLogger(__name__)
-
-UNAVAILABLE = "⚠️ I'm temporarily unavailable (storage is down). Please try again in a minute."
-FAILED = "⚠️ Sorry, something went wrong on my side. Please try again."
 
 
 class _Throttle:
@@ -50,7 +48,7 @@ async def _for_this_bot(message: Message, bot: Bot) -> bool:
     return text.startswith("/") or addressed(message, await bot.me()) is not None
 
 
-async def on_error(event: ErrorEvent, bot: Bot) -> bool:
+async def on_error(event: ErrorEvent, bot: Bot, texts: Texts) -> bool:
     exc = event.exception
     if isinstance(exc, ChatterDroppedError):
         return True  # a reply that could not go out in time: counted and logged already
@@ -62,10 +60,10 @@ async def on_error(event: ErrorEvent, bot: Bot) -> bool:
     if isinstance(exc, RedisError | TokenStoreError):
         if _redis_log.allow():
             log.warning("Redis is unavailable: %s (further reports muted for a minute)", exc)
-        text = UNAVAILABLE
+        text = texts.unavailable
     else:
         log.error("unhandled error in update %s", event.update.update_id, exc_info=exc)
-        text = FAILED
+        text = texts.failed
     message = event.update.message
     if message is not None and await _for_this_bot(message, bot):
         try:

@@ -15,14 +15,13 @@ from aiogram.types import Message
 from bot.addressing import addressed, prompt_of, quote_of
 from bot.answering import Answerer
 from bot.handlers.asking import ask
+from bot.i18n import Texts
 from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]
 
 GROUP_TYPES = {ChatType.GROUP, ChatType.SUPERGROUP}
-TEXT_ONLY = "I can only read text. Mention me in a message (or a photo caption) with your question."
-ONLY_MENTION = "Yes? Write your question after the mention, or reply to me."
 
 
 class Addressed(Filter):
@@ -40,16 +39,17 @@ async def on_addressed(
     conversation: ConversationKey,
     paste_merger: PasteMerger,
     prompt: str,
+    texts: Texts,
 ) -> None:
     if message.text is None and message.caption is None:
-        await message.reply(TEXT_ONLY)
+        await message.reply(texts.group_text_only)
         return
     if not prompt:
         if quote_of(message, await bot.me()) is None:
-            await message.reply(ONLY_MENTION)
+            await message.reply(texts.only_mention)
             return
-        prompt = "What do you say to this?"
-    await ask(message, bot, answerer, conversation, paste_merger, prompt)
+        prompt = texts.quote_question
+    await ask(message, bot, answerer, conversation, paste_merger, prompt, texts)
 
 
 async def on_rest_of_paste(

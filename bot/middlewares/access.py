@@ -10,10 +10,9 @@ from aiogram.enums import ChatType
 from aiogram.types import Message, TelegramObject
 
 from bot.chat_events import is_chat_event
+from bot.i18n import Texts
 
-__all__ = ["NOT_ALLOWED", "AccessMiddleware"]
-
-NOT_ALLOWED = "Sorry, this bot is private. Ask its owner for access."
+__all__ = ["AccessMiddleware"]
 
 
 class AccessMiddleware(BaseMiddleware):
@@ -45,5 +44,6 @@ class AccessMiddleware(BaseMiddleware):
         if not isinstance(event, Message) or self.permits(event) or is_chat_event(event):
             return await handler(event, data)
         if event.chat.type == ChatType.PRIVATE and event.from_user and not event.from_user.is_bot:
-            await event.answer(NOT_ALLOWED)
+            texts: Texts = data["texts"]
+            await event.answer(texts.not_allowed)
         return None

@@ -18,14 +18,10 @@ from aiogram.enums import ChatType
 from aiogram.types import Message, TelegramObject
 
 from bot.chat_events import is_chat_event
+from bot.i18n import Texts
 from bot.storage.expiry import ExpiringMap
 
-__all__ = ["MISSED", "StaleMessageMiddleware"]
-
-MISSED = (
-    "⏰ I was offline when you sent this, so I skipped it. "
-    "Please send it again if you still need an answer."
-)
+__all__ = ["StaleMessageMiddleware"]
 
 
 class StaleMessageMiddleware(BaseMiddleware):
@@ -48,7 +44,8 @@ class StaleMessageMiddleware(BaseMiddleware):
         chat_id = event.chat.id
         if event.chat.type == ChatType.PRIVATE and chat_id not in self._told:
             self._told.put(chat_id, None)
-            await event.reply(MISSED)
+            texts: Texts = data["texts"]
+            await event.reply(texts.missed)
         return None
 
     def _stale(self, message: Message) -> bool:

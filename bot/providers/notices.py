@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.i18n import Texts
+
 from .base import (
     ProviderAuthError,
     ProviderCutOff,
@@ -19,28 +21,25 @@ def _sentence(name: str) -> str:
     return name[:1].upper() + name[1:]
 
 
-def notice_for(error: ProviderError) -> str:
-    """A short, readable notice for ``error``: never its text, which is for logs."""
-    name = error.service
+def notice_for(error: ProviderError, texts: Texts) -> str:
+    """A short, readable notice for ``error``, in the language of ``texts``: never
+    its text, which is for logs."""
+    # GPTalk is a name; anything else is a description, said in the user's language.
+    name = error.service if error.service == "GPTalk" else texts.the_model_service
     if isinstance(error, ProviderTimeout):
-        text = (
-            f"⚠️ _{_sentence(name)} stopped responding, so the answer is incomplete. "
-            "Send /retry to try again._"
-        )
+        template = texts.notice_timeout
     elif isinstance(error, ProviderStorageError):
-        text = "⚠️ _I'm temporarily unavailable (storage is down). Send /retry in a minute._"
+        template = texts.notice_storage
     elif isinstance(error, ProviderTruncated):
-        why = "its content filter" if error.reason == "content_filter" else "its length limit"
-        text = f"✂️ _The answer was cut by {name} ({why})._"
+        filtered = error.reason == "content_filter"
+        why = texts.truncated_by_filter if filtered else texts.truncated_by_length
+        return texts.notice_truncated.format(service=name, Service=_sentence(name), why=why)
     elif isinstance(error, ProviderCutOff):
-        text = f"⚠️ _The answer was cut off by {name}. Send /retry to try again._"
+        template = texts.notice_cut_off
     elif isinstance(error, ProviderAuthError):
-        text = (
-            f"⚠️ _{_sentence(name)} refused the bot's credentials, so I cannot answer. "
-            "Please tell the bot's admin; /retry once it is fixed._"
-        )
+        template = texts.notice_auth
     elif isinstance(error, ProviderUnavailable):
-        text = f"⚠️ _{_sentence(name)} is unavailable right now. Send /retry in a minute._"
+        template = texts.notice_unavailable
     else:
-        text = f"⚠️ _{_sentence(name)} sent an answer I could not read. Send /retry to try again._"
-    return "\n\n" + text
+        template = texts.notice_unreadable
+    return template.format(service=name, Service=_sentence(name))
