@@ -34,6 +34,7 @@ from bot.config import Settings
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.lag import LagProbe
 from bot.paste_merger import MemoryPasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
@@ -66,6 +67,7 @@ class Application:
     llm: FallbackLLM
     scheduler: Scheduler
     redis: Redis | None
+    lag: LagProbe
     response_models: list[Any] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -221,6 +223,8 @@ async def build_application(
         default=DefaultBotProperties(link_preview_is_disabled=True),
     )
     unwritable = Unwritable()
+    # One probe per process, read by /stats (and by metrics): built here, passed on.
+    lag = LagProbe()
     answerer = Answerer(
         llm=llm,
         history=history,
@@ -245,7 +249,10 @@ async def build_application(
         settings=settings,
         history=history,
         unwritable=unwritable,
+        lag=lag,
     )
+    dispatcher.startup.register(lag.start)
+    dispatcher.shutdown.register(lag.stop)
     return Application(
-        settings, bot, dispatcher, answerer, llm, scheduler, redis, pin_response_models()
+        settings, bot, dispatcher, answerer, llm, scheduler, redis, lag, pin_response_models()
     )

@@ -14,6 +14,7 @@ from aiogram.filters import Command, Filter
 from aiogram.types import BotCommand, Message
 
 from bot.config import Settings
+from bot.lag import LagProbe
 from bot.storage.stats import Stats
 from gptalk import TokenStore
 
@@ -78,7 +79,9 @@ async def on_reset_token(message: Message, token_store: TokenStore) -> None:
     )
 
 
-async def on_stats(message: Message, stats: Stats, settings: Settings) -> None:
+async def on_stats(
+    message: Message, stats: Stats, settings: Settings, lag: LagProbe | None = None
+) -> None:
     numbers = await stats.snapshot()
     providers = await stats.providers()
     lines = []
@@ -99,8 +102,22 @@ async def on_stats(message: Message, stats: Stats, settings: Settings) -> None:
         f"Failures: {numbers['failures']}\n"
         f"GPTalk logins: {numbers['logins']}\n"
         f"Telegram 429s: {numbers['429s']}\n"
-        f"Streaming now: {numbers['active']}\n\n"
+        f"Streaming now: {numbers['active']}\n"
+        f"{_lag_line(lag)}\n\n"
         "Providers, in fallback order:\n" + "\n".join(lines)
+    )
+
+
+def _lag_line(lag: LagProbe | None) -> str:
+    """This process's event-loop lag: how late its timers fire (not shared: each
+    process has its own loop)."""
+    window = f"last {lag.window_seconds:.0f} s" if lag is not None else "not measured"
+    shot = lag.snapshot() if lag is not None else None
+    if shot is None or not shot.samples:
+        return f"Event-loop lag, this process: no samples yet ({window})"
+    return (
+        f"Event-loop lag, this process ({window}): p50 {shot.p50 * 1000:.0f} ms, "
+        f"p99 {shot.p99 * 1000:.0f} ms, max {shot.max * 1000:.0f} ms"
     )
 
 
