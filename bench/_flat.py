@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import resource
 import subprocess
@@ -233,6 +234,10 @@ async def run_bot(
     sampler, watch = LagSampler(), StreamWatch()
     try:
         await harness.start()
+        # As `python -m bot` does once the application is built (bot/__main__.py):
+        # without it, full collections of the import-time heap stall the loop.
+        gc.collect()
+        gc.freeze()
         users = [harness.user(USER_ID_BASE + i, f"U{i}") for i in range(n)]
         started: dict[int, float] = {}
         update_of: dict[int, int] = {}
@@ -290,6 +295,7 @@ async def run_bot(
             calls=_calls(tg, t0),
         )
     finally:
+        gc.unfreeze()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(harness.stop(), 120)
         await tg.close()
