@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "plots"
 DATA = OUT / "data"
 SIZES = "100,200,500,1000"
+SMALL_SIZES = "25,50"  # after only: where the event loop is not yet saturated
 NAIVE_N = "200"
 COLORS = {"bot": "tab:blue", "char-delta": "tab:red", "interval": "tab:orange"}
 
@@ -43,6 +44,7 @@ def measure(before_tree: Path | None) -> None:
         subprocess.run([*command, str(out), *extra], cwd=cwd, check=True)
 
     sweep(HERE.parent, SIZES, DATA / "flat_after.json")
+    sweep(HERE.parent, SMALL_SIZES, DATA / "flat_small.json")
     if before_tree is not None:
         sweep(before_tree, SIZES, DATA / "flat_before.json")
     sweep(HERE.parent, NAIVE_N, DATA / "naive.json", "--naive", "char-delta,interval")
@@ -90,12 +92,17 @@ def plot_latency(after: list[FlatRun], before: list[FlatRun], path: Path) -> Non
             if not runs:
                 continue
             ns = [r.n for r in runs]
-            for q, marker in ((50, "o"), (95, "s"), (100, "^")):
+            for q, marker, color in (
+                (50, "o", "tab:blue"),
+                (95, "s", "tab:orange"),
+                (100, "^", "tab:red"),
+            ):
                 ax.plot(
                     ns,
                     [percentile(getattr(r, attr), q) for r in runs],
                     style,
                     marker=marker,
+                    color=color,
                     label=f"{label} {'max' if q == 100 else f'p{q}'}",
                 )
         ns = sorted({r.n for r in after + before})
@@ -119,8 +126,9 @@ def plot_cpu(after: list[FlatRun], before: list[FlatRun], path: Path) -> None:
         ns = [r.n for r in runs]
         axes[0].plot(ns, [r.us_per_chunk for r in runs], style, label=label)
         axes[1].plot(ns, [percentile(r.lag, 99) * 1000 for r in runs], style, label=label)
-    if after:
-        base = after[0].us_per_chunk
+    at_100 = [r for r in after if r.n == 100]
+    if at_100:
+        base = at_100[0].us_per_chunk
         axes[0].axhline(1.2 * base, color="grey", linestyle="--", linewidth=1)
         axes[0].text(after[0].n, 1.2 * base, " 1.2 × N=100 (goal)", fontsize=7, va="bottom")
     axes[1].axhline(50, color="grey", linestyle="--", linewidth=1)
@@ -138,6 +146,8 @@ def plot_cpu(after: list[FlatRun], before: list[FlatRun], path: Path) -> None:
 
 def draw() -> list[Path]:
     after = [r for r in load(str(DATA / "flat_after.json")) if r.strategy == "bot"]
+    small = DATA / "flat_small.json"
+    after = sorted((load(str(small)) if small.exists() else []) + after, key=lambda r: r.n)
     before_file = DATA / "flat_before.json"
     before = load(str(before_file)) if before_file.exists() else []
     naive = load(str(DATA / "naive.json"))
