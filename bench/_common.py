@@ -20,6 +20,7 @@ from tests.redis_server import RedisStartError, start_redis, stop_process
 
 __all__ = [
     "Runs",
+    "answer_for",
     "load_average",
     "machine",
     "markdown_answer",
@@ -92,6 +93,12 @@ def markdown_answer(chars: int, seed: int = 1) -> str:
         blocks.append(block)
         size += len(block) + 2
     return "\n\n".join(blocks)[:chars]
+
+
+def answer_for(index: int, chars: int) -> str:
+    """The answer of load-benchmark conversation ``index``: unique, ``chars`` long."""
+    head = f"Answer {index:04d}: "
+    return head + markdown_answer(chars - len(head), seed=index % 17)
 
 
 @dataclass

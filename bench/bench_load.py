@@ -38,10 +38,11 @@ import redis as redis_sync
 from aiogram.types import TelegramObject, Update
 from pydantic._internal import _generics as pydantic_generics
 
+from bench import _flat
 from bench._common import (
+    answer_for,
     load_average,
     machine,
-    markdown_answer,
     percentile,
     private_redis,
     process_cpu_seconds,
@@ -203,11 +204,6 @@ class Result:
 
 def _ms(values: list[float]) -> list[str]:
     return [f"{percentile(values, q):.2f}" for q in (50, 95, 100)]
-
-
-def answer_for(index: int, chars: int) -> str:
-    head = f"Answer {index:04d}: "
-    return head + markdown_answer(chars - len(head), seed=index % 17)
 
 
 def _rss_mb() -> float:
@@ -468,10 +464,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ramp", type=float, default=0.0, help="spread arrivals over seconds")
     parser.add_argument("--timeout", type=float, default=None, help="default 60 + 0.6 s × N")
     parser.add_argument("--profile", metavar="PATH", help="cProfile the run, dump stats here")
+    parser.add_argument(
+        "--sweep",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        metavar="N,N,…",
+        help="flat-cost sweep (bench/_flat.py): the fake GPTalk in a child process, "
+        "--step/--delay per line, one fresh bot per N; prints a table",
+    )
+    parser.add_argument("--delay", type=float, default=0.05, help="--sweep: s between lines")
+    parser.add_argument(
+        "--naive",
+        default="",
+        help="--sweep: also run these naive editors at each N (char-delta,interval)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="--sweep: write every run as JSON here")
     args = parser.parse_args(argv)
     if args.conversations < 1:
         parser.error("--conversations must be at least 1")
-    if args.timeout is None:
+    if args.timeout is None and not args.sweep:
         args.timeout = 60 + 0.6 * args.conversations
 
     counter = LogCounter()
@@ -480,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("aiogram").setLevel(logging.WARNING)
 
     print(f"# bench_load — {machine()}\n")
+    if args.sweep:
+        sweep(args)
+        return
     with private_redis() as (redis_url, redis_pid):
         with profiled(args.profile):
             result = asyncio.run(run_load(args, redis_url, redis_pid))
@@ -489,6 +502,47 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nload average at the end: {load_average()}")
     if not result.finished or result.correct != result.conversations:
         raise SystemExit(1)
+
+
+def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
+    """The flat-cost sweep: the bot (and optionally naive editors) at each N."""
+    step = args.step if args.step != 30 else 8  # the sweep's default is 8-char lines
+    runs: list[_flat.FlatRun] = []
+    naive = [name for name in args.naive.split(",") if name]
+    with (
+        private_redis() as (redis_url, _redis_pid),
+        _flat.gptalk_server(args.answer_chars, step, args.delay) as (url, server_pid),
+    ):
+        for n in args.sweep:
+            timeout = args.timeout or 120 + n / 10
+            redis_sync.Redis.from_url(redis_url).flushall()
+            run = asyncio.run(
+                _flat.run_bot(
+                    n, url=url, server_pid=server_pid, redis_url=redis_url,
+                    chars=args.answer_chars, step=step, delay=args.delay, timeout=timeout,
+                )
+            )  # fmt: skip
+            runs.append(run)
+            print(f"  … bot, N = {n}: {run.us_per_chunk:.0f} µs/chunk, load {load_average()}")
+            for name in naive:
+                run = asyncio.run(
+                    _flat.run_naive(
+                        name, n, url=url, server_pid=server_pid, chars=args.answer_chars,
+                        step=step, delay=args.delay, timeout=timeout,
+                    )
+                )  # fmt: skip
+                runs.append(run)
+                print(f"  … {name}, N = {n}: {run.too_many} × 429, load {load_average()}")
+    print(
+        f"\nanswers of {args.answer_chars} chars in {step}-char lines every "
+        f"{args.delay * 1000:.0f} ms, all users at once; CPU = this process "
+        "(bot or naive editors + fake Bot API); times from the user's message:\n"
+    )
+    print(table(_flat.SUMMARY_HEADERS, _flat.summary_rows(runs)))
+    print(f"\nload average at the end: {load_average()}")
+    if args.json:
+        _flat.dump(runs, args.json)
+    return runs
 
 
 if __name__ == "__main__":

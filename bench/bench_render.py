@@ -4,6 +4,12 @@ Part 1: ``bot.render.render()`` and ``split()`` on model-like Markdown answers (
 paragraphs with bold/italic/code/links, lists, fenced code, some non-ASCII) of 1k, 10k,
 50k, 100k characters: ms per call (median of N runs, process CPU time).
 
+Part 1b (``--layout-sizes``, default 10k/100k/300k): the streaming layout alone, as an
+answer streamed at ``--layout-rate`` characters per second (400) is laid out once per
+second (``EDIT_INTERVAL``): total process CPU of laying out every prefix, rendering the
+whole answer each time (before: ``FullLayout``, the algorithm the streaming editor used
+until 2026-11-30) and rendering only the open tail (after: ``bot.layout.StreamLayout``).
+
 Part 2: one answer of each size streamed through the real bot (``BotHarness`` with
 in-process stores, ``FakeTelegram`` in real time, ``FakeGPTalk`` sending ``--step``
 more characters every ``step / rate`` seconds). ``bot.streaming.render`` (and
@@ -26,9 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
+import bot.layout as layout_module
 import bot.streaming as streaming
 from bench._common import load_average, machine, markdown_answer, median, repeat, table
-from bot.render import render, split
+from bot.layout import StreamLayout
+from bot.render import Rendered, cut_ranges, render, split
 from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
@@ -95,6 +103,79 @@ def bench_cost(chars: int, min_time: float) -> CostRow:
     )
 
 
+# ----------------------------------------------------------------------- part 1b
+
+
+class FullLayout:
+    """The streaming layout before 2026-11-30: the whole answer rendered per edit."""
+
+    def __init__(self) -> None:
+        self.frozen: list[Rendered] = []
+        self.frozen_end = 0
+        self.region = Rendered("")
+        self.rendered_chars = 0
+
+    def layout(self, markdown: str, *, done: bool) -> list[Rendered]:
+        full = render(markdown)
+        self.rendered_chars += len(markdown)
+        if done and self.frozen and full.slice(0, self.frozen_end) != self.region:
+            self.frozen, self.frozen_end = [], 0
+        rest = full.slice(self.frozen_end, len(full.text))
+        ranges = cut_ranges(rest)
+        if not done and len(ranges) > 1:
+            for start, end in ranges[:-1]:
+                part = rest.slice(start, end).trimmed()
+                if part.text:
+                    self.frozen.append(part)
+            self.frozen_end += ranges[-1][0]
+            self.region = full.slice(0, self.frozen_end)
+            rest = rest.slice(ranges[-1][0], len(rest.text))
+        return [*self.frozen, *split(rest)]
+
+
+LAYOUT_HEADERS = [
+    "markdown chars",
+    "layouts (edits)",
+    "before: CPU s total",
+    "before: chars rendered",
+    "after: CPU s total",
+    "after: chars rendered",
+    "× less CPU",
+    "after: max ms per edit",
+]
+
+
+def bench_layout(chars: int, rate: float) -> list[object]:
+    """Lay out every prefix an edit per second would see; same final messages."""
+    markdown = markdown_answer(chars, seed=7)
+    step = max(1, round(rate))  # one layout per second (EDIT_INTERVAL 1 s)
+    prefixes = [markdown[:end] for end in range(step, chars, step)] + [markdown]
+    results = []
+    for make in (FullLayout, StreamLayout):
+        engine = make()
+        worst = 0.0
+        cpu0 = time.process_time()
+        for prefix in prefixes[:-1]:
+            t = time.process_time()
+            engine.layout(prefix, done=False)
+            worst = max(worst, time.process_time() - t)
+        final = engine.layout(markdown, done=True)
+        results.append((time.process_time() - cpu0, engine.rendered_chars, worst, final))
+    (before, before_chars, _, old), (after, after_chars, worst, new) = results
+    if old != new:
+        raise AssertionError(f"the {chars}-char answer was laid out differently")
+    return [
+        f"{chars:,}",
+        len(prefixes),
+        f"{before:.2f}",
+        f"{before_chars:,}",
+        f"{after:.2f}",
+        f"{after_chars:,}",
+        f"{before / after:.0f}",
+        f"{worst * 1000:.1f}",
+    ]
+
+
 # ------------------------------------------------------------------------ part 2
 
 
@@ -131,9 +212,9 @@ class Instrumented:
 def instrument() -> Instrumented:
     """Wrap the streaming editor's rendering functions (this process only)."""
     counters = Instrumented()
-    for name in ("render", "split", "cut_ranges"):  # names bot.streaming imported
+    for name in ("render", "split", "cut_ranges"):  # names bot.layout imported
         counter: Counter = getattr(counters, name)
-        setattr(streaming, name, counter.wrap(getattr(streaming, name)))
+        setattr(layout_module, name, counter.wrap(getattr(layout_module, name)))
     layout = streaming.StreamingReply._layout
     streaming.StreamingReply._layout = counters.layout.wrap(layout)  # type: ignore[method-assign]
     return counters
@@ -242,6 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, default=100, help="characters per stream line")
     parser.add_argument("--rate", type=float, default=2000.0, help="streamed characters/s")
     parser.add_argument("--no-stream", action="store_true", help="skip part 2")
+    parser.add_argument("--layout-sizes", type=_ints, default=[10_000, 100_000, 300_000])
+    parser.add_argument("--layout-rate", type=float, default=400.0, help="chars/s, part 1b")
+    parser.add_argument("--only-layout", action="store_true", help="run part 1b only")
     parser.add_argument("--profile", action="store_true", help="cProfile render+split, largest")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -249,6 +333,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("bot").addFilter(lambda record: "REDIS_URL" not in record.getMessage())
 
     print(f"# bench_render — {machine()}\n")
+    if args.layout_sizes:
+        layout_rows = [bench_layout(chars, args.layout_rate) for chars in args.layout_sizes]
+        print(
+            f"Streaming layout, one layout per second at {args.layout_rate:g} chars/s, "
+            "process CPU (before: whole answer rendered per edit; after: open tail):\n"
+        )
+        print(table(LAYOUT_HEADERS, layout_rows))
+        print(f"\nload average: {load_average()}\n")
+    if args.only_layout:
+        return
     rows = []
     for chars in args.sizes:
         rows.append(bench_cost(chars, args.min_time))

@@ -39,7 +39,8 @@ from bot.delivery.recovery import Recovery
 from bot.delivery.redis_budgets import RedisBudgets
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
-from bot.observability import LagProbe, Metrics, ObserveUpdates, TelegramCallMetrics
+from bot.lag import LagProbe
+from bot.observability import Metrics, ObserveUpdates, TelegramCallMetrics
 from bot.paste_merger import MemoryPasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
@@ -75,6 +76,7 @@ class Application:
     redis: Redis | None
     metrics: Metrics
     health: Health
+    lag: LagProbe
     response_models: list[Any] = field(default_factory=list)
     journal: Journal | None = None
 
@@ -247,6 +249,8 @@ async def build_application(
         default=DefaultBotProperties(link_preview_is_disabled=True),
     )
     unwritable = Unwritable()
+    # One probe per process, read by /stats (and by metrics): built here, passed on.
+    lag = LagProbe(on_sample=metrics.loop_lagged)
     answerer = Answerer(
         llm=llm,
         history=history,
@@ -262,7 +266,6 @@ async def build_application(
         metrics=metrics,
     )
     metrics.streaming.set_function(lambda: answerer.active)
-    lag_probe = LagProbe(metrics)
     dispatcher = create_dispatcher(
         answerer=answerer,
         stats=stats,
@@ -276,11 +279,11 @@ async def build_application(
         settings=settings,
         history=history,
         unwritable=unwritable,
-        lag_probe=lag_probe,
+        lag=lag,
     )
     dispatcher.update.outer_middleware(ObserveUpdates(metrics))
-    dispatcher.startup.register(lag_probe.start)
-    dispatcher.shutdown.register(lag_probe.stop)
+    dispatcher.startup.register(lag.start)
+    dispatcher.shutdown.register(lag.stop)
     # Registered after the dispatcher's own hooks: at shutdown the lease outlives the
     # answers still finishing, so that no other process interrupts them.
     recovery = Recovery(
@@ -303,6 +306,7 @@ async def build_application(
         redis,
         metrics,
         health,
+        lag,
         pin_response_models(),
         journal,
     )

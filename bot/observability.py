@@ -1,4 +1,4 @@
-"""Prometheus metrics and the event-loop lag probe.
+"""Prometheus metrics.
 
 One :class:`Metrics` is built in the composition root and handed to the parts
 that count (no module-level registry: each ``Metrics`` owns a
@@ -9,8 +9,6 @@ series without bound and put who-talks-to-the-bot into the monitoring system.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -42,7 +40,7 @@ from prometheus_client import (
 
 from bot.logs import log_context
 
-__all__ = ["AnswerMetrics", "LagProbe", "Metrics", "ObserveUpdates", "TelegramCallMetrics"]
+__all__ = ["AnswerMetrics", "Metrics", "ObserveUpdates", "TelegramCallMetrics"]
 
 _SECONDS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _COUNTS: Final = (0, 1, 2, 5, 10, 20, 50, 100, 200)
@@ -134,6 +132,11 @@ class Metrics:
     def limiter_granted(self, priority: str, waited: float) -> None:
         self.limiter_wait.labels(priority).observe(waited)
 
+    def loop_lagged(self, delay: float) -> None:
+        """One sample of the lag probe (bot/lag.py)."""
+        self.loop_lag.set(delay)
+        self.loop_lag_seconds.observe(delay)
+
 
 class AnswerMetrics:
     """One answer's timing: started when built, ended by :meth:`finish`."""
@@ -221,36 +224,3 @@ class ObserveUpdates(BaseMiddleware):
             return await handler(event, data)
         finally:
             log_context.reset(token)
-
-
-class LagProbe:
-    """A timer that should fire every ``interval`` seconds; how late it fires is the
-    event loop's lag (blocking code, too much work at once)."""
-
-    def __init__(self, metrics: Metrics, interval: float = 0.5) -> None:
-        self._metrics = metrics
-        self.interval = interval
-        self.last = 0.0
-        self.worst = 0.0  # since the probe started
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="lag-probe")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - before - self.interval)
-            self.last, self.worst = lag, max(self.worst, lag)
-            self._metrics.loop_lag.set(lag)
-            self._metrics.loop_lag_seconds.observe(lag)

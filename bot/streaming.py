@@ -47,7 +47,8 @@ from aiogram.types import LinkPreviewOptions, ReplyParameters
 
 from .delivery.budgets import Priority
 from .delivery.scheduler import Scheduler, SlotRequest
-from .render import MAX_MESSAGE_UNITS, Rendered, cut_ranges, render, split, utf16_len
+from .layout import StreamLayout
+from .render import MAX_MESSAGE_UNITS, Rendered, utf16_len
 
 __all__ = ["ChatUnavailableError", "Delivered", "NoRightsError", "Progress", "StreamingReply"]
 
@@ -147,10 +148,8 @@ class StreamingReply:
         # Edits Telegram refused for no known reason: (content, times refused).
         self._refused: dict[int, tuple[Rendered, int]] = {}
         # Parts that filled up are fixed while the stream runs, so that later text
-        # cannot move their boundaries: they cover render(markdown).text[:frozen_end].
-        self._frozen: list[Rendered] = []
-        self._frozen_end = 0
-        self._frozen_region = Rendered("")
+        # cannot move their boundaries; only the open tail is rendered for each edit.
+        self._parts = StreamLayout()
         self._pump: asyncio.Task[None] | None = None
         self._stop_suffix: str | None = None
         self._layout_cache: tuple[tuple[int, bool], list[Rendered]] | None = None
@@ -295,22 +294,7 @@ class StreamingReply:
         return parts
 
     def _compute_layout(self) -> list[Rendered]:
-        full = render(self.markdown)
-        if self._done and self._frozen and full.slice(0, self._frozen_end) != self._frozen_region:
-            # Completed Markdown changed how the fixed parts render (rare: e.g. a
-            # link reference defined at the end). Correctness first: lay out anew.
-            self._frozen, self._frozen_end = [], 0
-        rest = full.slice(self._frozen_end, len(full.text))
-        ranges = cut_ranges(rest)
-        if not self._done and len(ranges) > 1:
-            for start, end in ranges[:-1]:
-                part = rest.slice(start, end).trimmed()
-                if part.text:
-                    self._frozen.append(part)
-            self._frozen_end += ranges[-1][0]
-            self._frozen_region = full.slice(0, self._frozen_end)
-            rest = rest.slice(ranges[-1][0], len(rest.text))
-        parts = [*self._frozen, *split(rest)]
+        parts = self._parts.layout(self.markdown, done=self._done)
         if not parts and self._done:
             parts = [self._empty]
         return parts

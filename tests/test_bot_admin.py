@@ -307,3 +307,19 @@ async def test_python_m_bot_registers_the_menus_at_startup(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_stats_show_this_process_event_loop_lag(make_bot: BotFactory) -> None:
+    harness = await make_bot(admin_ids=ADMINS)
+    root = harness.user(ADMIN, "Root")
+    await asyncio.sleep(0.3)  # the probe ticks every 0.1 s
+    time.sleep(0.4)  # noqa: ASYNC251 — the bot's loop is held: every timer of the process fires late
+    await asyncio.sleep(0.2)
+    [text] = await command(harness, root, "/stats")
+    found = re.search(r"lag.*p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms", text)
+    assert found is not None, text
+    p50, p99, most = (int(v) for v in found.groups())
+    assert most >= 300
+    assert p50 < 300
+    assert p50 <= p99 <= most
+    assert parse_stats(text)["active"] == 0  # the other counters read as before

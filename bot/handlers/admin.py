@@ -15,7 +15,7 @@ from aiogram.types import BotCommand, Message
 
 from bot.config import Settings
 from bot.i18n import Texts
-from bot.observability import LagProbe
+from bot.lag import LagProbe
 from bot.storage.stats import Stats
 from gptalk import TokenStore
 
@@ -87,7 +87,7 @@ async def on_stats(
     stats: Stats,
     settings: Settings,
     texts: Texts,
-    lag_probe: LagProbe | None = None,
+    lag: LagProbe | None = None,
 ) -> None:
     numbers = await stats.snapshot()
     providers = await stats.providers()
@@ -104,11 +104,6 @@ async def on_stats(
             seconds = counts["first_text_ms"] / counts["first_texts"] / 1000
             line += texts.stats_first_text.format(seconds=seconds)
         lines.append(line)
-    lag = (
-        texts.stats_lag.format(now=lag_probe.last * 1000, worst=lag_probe.worst * 1000)
-        if lag_probe is not None
-        else ""
-    )
     await message.answer(
         texts.stats.format(
             requests=numbers["requests"],
@@ -118,7 +113,21 @@ async def on_stats(
             active=numbers["active"],
             providers="\n".join(lines),
         )
-        + lag
+        + _lag_line(lag, texts)
+    )
+
+
+def _lag_line(lag: LagProbe | None, texts: Texts) -> str:
+    """This process's event-loop lag: how late its timers fire (not shared: each
+    process has its own loop)."""
+    shot = lag.snapshot() if lag is not None else None
+    if lag is None or shot is None or not shot.samples:
+        return texts.stats_lag_none
+    return texts.stats_lag.format(
+        window=lag.window_seconds,
+        p50=shot.p50 * 1000,
+        p99=shot.p99 * 1000,
+        max=shot.max * 1000,
     )
 
 

@@ -118,5 +118,9 @@ EN = Texts(
     ),
     stats_provider="{name}: {requests} requests, {failures} failures, {fallbacks} as fallback",
     stats_first_text=", first text after {seconds:.1f} s",
-    stats_lag="\n\nEvent-loop lag (this process): {now:.0f} ms now, {worst:.0f} ms at worst",
+    stats_lag=(
+        "\n\nEvent-loop lag, this process (last {window:.0f} s): "
+        "p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {max:.0f} ms"
+    ),
+    stats_lag_none="\n\nEvent-loop lag, this process: no samples yet",
 )

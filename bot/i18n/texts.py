@@ -97,3 +97,4 @@ class Texts:
     stats_provider: str
     stats_first_text: str
     stats_lag: str
+    stats_lag_none: str
