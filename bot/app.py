@@ -29,8 +29,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from bot.answering import Answerer
+from bot.answering import Answerer, conversation_limits
 from bot.config import Settings
+from bot.conversation.control import Control, LocalControl, RedisControl
+from bot.conversation.line import Lines
+from bot.conversation.pubsub import Subscriber
+from bot.conversation.redis_line import RedisLine
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
 from bot.delivery.recovery import Recovery
@@ -41,7 +45,7 @@ from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
 from bot.providers.openai import OpenAIProvider
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
-from bot.storage.keys import Keys
+from bot.storage.keys import ConversationKey, Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
 from bot.unwritable import Unwritable
@@ -158,8 +162,21 @@ async def build_application(
     token_store: TokenStore
     stats: Stats
     user_limits: UserLimits | None = None
+    line: Lines[ConversationKey] | None = None  # None: the Answerer's own, in this process
+    control: Control = LocalControl()
+    subscriber: Subscriber | None = None
     if settings.redis_url:
         redis = await connect_redis(settings.redis_url)
+        # Replicas share who answers when, and hear each other's /stop and /new.
+        subscriber = Subscriber(redis)
+        line = RedisLine(
+            redis,
+            keys,
+            subscriber,
+            limits=conversation_limits(group_max_concurrent=settings.group_max_concurrent),
+            lease=settings.journal_lease,
+        )
+        control = RedisControl(redis, keys, subscriber)
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
@@ -239,6 +256,8 @@ async def build_application(
         admin_ids=settings.admin_ids,
         unwritable=unwritable,
         journal=journal,
+        line=line,
+        control=control,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,
@@ -258,6 +277,10 @@ async def build_application(
     recovery = Recovery(bot, journal, history, interval=settings.journal_lease / 3)
     dispatcher.startup.register(recovery.start)
     dispatcher.shutdown.register(recovery.stop)
+    if subscriber is not None:
+        # Closed after the answers drained: prompts still waiting hear their turn.
+        dispatcher.startup.register(subscriber.start)
+        dispatcher.shutdown.register(subscriber.aclose)
     return Application(
         settings,
         bot,
