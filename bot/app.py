@@ -35,12 +35,13 @@ from bot.conversation.control import Control, LocalControl, RedisControl
 from bot.conversation.line import Lines
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_line import RedisLine
+from bot.conversation.redis_paste import RedisPasteMerger
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
 from bot.delivery.recovery import Recovery
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
-from bot.paste_merger import MemoryPasteMerger
+from bot.paste_merger import MemoryPasteMerger, PasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
 from bot.providers.openai import OpenAIProvider
@@ -165,6 +166,7 @@ async def build_application(
     line: Lines[ConversationKey] | None = None  # None: the Answerer's own, in this process
     control: Control = LocalControl()
     subscriber: Subscriber | None = None
+    paste_merger: PasteMerger = MemoryPasteMerger(settings.merge_window)
     if settings.redis_url:
         redis = await connect_redis(settings.redis_url)
         # Replicas share who answers when, and hear each other's /stop and /new.
@@ -177,6 +179,7 @@ async def build_application(
             lease=settings.journal_lease,
         )
         control = RedisControl(redis, keys, subscriber)
+        paste_merger = RedisPasteMerger(redis, keys, subscriber, settings.merge_window)
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
@@ -267,7 +270,7 @@ async def build_application(
         shutdown_timeout=settings.shutdown_timeout,
         heartbeat_file=settings.heartbeat_file,
         token_store=token_store,
-        paste_merger=MemoryPasteMerger(settings.merge_window),
+        paste_merger=paste_merger,
         settings=settings,
         history=history,
         unwritable=unwritable,
