@@ -23,8 +23,9 @@ from redis.exceptions import RedisError
 
 from gptalk import Message, format_prompt
 
+from .conversation.control import Command, Control, LocalControl
 from .conversation.gate import KeyedLock
-from .conversation.line import Line, LineDroppedError
+from .conversation.line import Line, LineDroppedError, Lines
 from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
 from .i18n import Texts
@@ -37,7 +38,15 @@ from .storage.user_limits import Decision, UserLimits, Verdict
 from .streaming import ChatUnavailableError, NoRightsError, StreamingReply
 from .unwritable import Unwritable
 
-__all__ = ["LLM", "Answerer", "Marker", "asker_of", "build_prompt", "notice_for"]
+__all__ = [
+    "LLM",
+    "Answerer",
+    "Marker",
+    "asker_of",
+    "build_prompt",
+    "conversation_limits",
+    "notice_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,27 @@ def build_prompt(system: str, history: Sequence[Message], max_chars: int) -> lis
     return [*head, *turns]
 
 
+def conversation_limits(
+    max_waiting: int = 3, group_max_concurrent: int = 5, group_max_waiting: int = 10
+) -> Callable[[ConversationKey], tuple[int, int]]:
+    """A conversation's line: ``(max_running, max_waiting)``."""
+
+    def limits(conversation: ConversationKey) -> tuple[int, int]:
+        if conversation.chat_id > 0:  # a private chat
+            return 1, max_waiting
+        return group_max_concurrent, group_max_waiting
+
+    return limits
+
+
+def _where(conversation: ConversationKey) -> Command:
+    return {"chat_id": conversation.chat_id, "thread_id": conversation.thread_id}
+
+
+def _conversation_of(command: Command) -> ConversationKey:
+    return ConversationKey(int(command["chat_id"]), command.get("thread_id"))
+
+
 @dataclass
 class _Generation:
     reply: StreamingReply
@@ -98,19 +128,23 @@ class Answerer:
     unwritable: Unwritable = field(default_factory=Unwritable)
     journal: Journal = field(default_factory=MemoryJournal)  # answers in flight
     metrics: Metrics = field(default_factory=Metrics)
-    _line: Line[ConversationKey] = field(init=False)
+    # Who answers when; None: this process's own Line. With replicas, a RedisLine
+    # (built with the same conversation_limits) and a RedisControl.
+    line: Lines[ConversationKey] | None = None
+    control: Control = field(default_factory=LocalControl)
+    _line: Lines[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self._line = Line(limits=self._limits)
-
-    def _limits(self, conversation: ConversationKey) -> tuple[int, int]:
-        if conversation.chat_id > 0:  # a private chat
-            return 1, self.max_waiting
-        return self.group_max_concurrent, self.group_max_waiting
+        limits = conversation_limits(
+            self.max_waiting, self.group_max_concurrent, self.group_max_waiting
+        )
+        self._line = self.line if self.line is not None else Line(limits=limits)
+        self.control.on("stop", self._apply_stop)
+        self.control.on("reset", self._apply_reset)
 
     @property
     def active(self) -> int:
@@ -159,13 +193,46 @@ class Answerer:
             stopped = True
         return stopped
 
+    async def stop_anywhere(
+        self,
+        conversation: ConversationKey,
+        asker: int | None = None,
+        *,
+        message_id: int | None = None,
+    ) -> bool:
+        """:meth:`stop` in whichever replica runs the answer."""
+        stopped = await self.control.send(
+            "stop", **_where(conversation), asker=asker, message_id=message_id
+        )
+        return stopped > 0
+
+    async def running_in(self, conversation: ConversationKey) -> int:
+        """Answers running in the conversation, in every replica."""
+        return (await self._line.counts(conversation))[0]
+
+    async def _apply_stop(self, command: Command) -> int:
+        return int(
+            self.stop(
+                _conversation_of(command),
+                command.get("asker"),
+                message_id=command.get("message_id"),
+            )
+        )
+
     async def reset(self, conversation: ConversationKey) -> None:
-        """Forget the conversation and stop its running answers."""
-        for generation in self._running.get(conversation, ()):
-            generation.discard = True
-            generation.reply.stop(generation.texts.reset)
+        """Forget the conversation and stop its running answers (in every replica;
+        they are stopped first, so that none of them records its answer after the
+        history was cleared)."""
+        await self.control.send("reset", **_where(conversation))
         await self.history.clear(conversation)
         await self.journal.forget(conversation)
+
+    async def _apply_reset(self, command: Command) -> int:
+        running = self._running.get(_conversation_of(command), [])
+        for generation in running:
+            generation.discard = True
+            generation.reply.stop(generation.texts.reset)
+        return len(running)
 
     async def drain(self, grace: float) -> None:
         """On shutdown: let running answers finish for ``grace`` seconds, then stop
@@ -202,7 +269,11 @@ class Answerer:
         async with self._gate.hold(conversation):
             decision = await self._rate_limit(message)
             allowed = decision is None or decision.verdict is Verdict.ALLOW
-            ticket = self._line.enter(conversation, asker) if allowed else None
+            ticket = (
+                await self._line.enter(conversation, asker, order=message.message_id)
+                if allowed
+                else None
+            )
         if decision is not None and decision.verdict is Verdict.NOTIFY:
             seconds = max(1, round(decision.retry_in))
             await message.reply(texts.slow_down.format(seconds=seconds))
@@ -231,7 +302,7 @@ class Answerer:
                     log.warning(
                         "chat %s is unavailable (%s); dropping its queue", conversation, exc
                     )
-                    self._line.drop(conversation)
+                    await self._line.drop(conversation)
                     if isinstance(exc, NoRightsError):
                         where = conversation if exc.topic else ConversationKey(conversation.chat_id)
                         self.unwritable.add(where)

@@ -31,8 +31,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from bot.answering import Answerer
+from bot.answering import Answerer, conversation_limits
 from bot.config import Settings
+from bot.conversation.control import Control, LocalControl, RedisControl
+from bot.conversation.line import Lines
+from bot.conversation.pubsub import Subscriber
+from bot.conversation.redis_line import RedisLine
+from bot.conversation.redis_paste import RedisPasteMerger
 from bot.delivery.budgets import Budgets, MemoryBudgets, TelegramLimits
 from bot.delivery.journal import Journal, MemoryJournal, RedisJournal
 from bot.delivery.recovery import Recovery
@@ -41,12 +46,12 @@ from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
 from bot.lag import LagProbe
 from bot.observability import Metrics, ObserveUpdates, TelegramCallMetrics
-from bot.paste_merger import MemoryPasteMerger
+from bot.paste_merger import MemoryPasteMerger, PasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
 from bot.providers.openai import OpenAIProvider
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
-from bot.storage.keys import Keys
+from bot.storage.keys import ConversationKey, Keys
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
 from bot.transport.health import Health
@@ -173,8 +178,23 @@ async def build_application(
     token_store: TokenStore
     stats: Stats
     user_limits: UserLimits | None = None
+    line: Lines[ConversationKey] | None = None  # None: the Answerer's own, in this process
+    control: Control = LocalControl()
+    subscriber: Subscriber | None = None
+    paste_merger: PasteMerger = MemoryPasteMerger(settings.merge_window)
     if settings.redis_url:
         redis = await connect_redis(settings.redis_url)
+        # Replicas share who answers when, and hear each other's /stop and /new.
+        subscriber = Subscriber(redis)
+        line = RedisLine(
+            redis,
+            keys,
+            subscriber,
+            limits=conversation_limits(group_max_concurrent=settings.group_max_concurrent),
+            lease=settings.journal_lease,
+        )
+        control = RedisControl(redis, keys, subscriber)
+        paste_merger = RedisPasteMerger(redis, keys, subscriber, settings.merge_window)
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
@@ -264,6 +284,8 @@ async def build_application(
         unwritable=unwritable,
         journal=journal,
         metrics=metrics,
+        line=line,
+        control=control,
     )
     metrics.streaming.set_function(lambda: answerer.active)
     dispatcher = create_dispatcher(
@@ -275,7 +297,7 @@ async def build_application(
         heartbeat_file=settings.heartbeat_file,
         default_language=settings.default_language,
         token_store=token_store,
-        paste_merger=MemoryPasteMerger(settings.merge_window),
+        paste_merger=paste_merger,
         settings=settings,
         history=history,
         unwritable=unwritable,
@@ -295,6 +317,10 @@ async def build_application(
     )
     dispatcher.startup.register(recovery.start)
     dispatcher.shutdown.register(recovery.stop)
+    if subscriber is not None:
+        # Closed after the answers drained: prompts still waiting hear their turn.
+        dispatcher.startup.register(subscriber.start)
+        dispatcher.shutdown.register(subscriber.aclose)
     health = Health(bot=bot, redis=redis, metrics=metrics)
     return Application(
         settings,

@@ -31,7 +31,9 @@ from aiogram.types import Message
 from bot.storage.keys import ConversationKey
 
 __all__ = [
+    "JOINER",
     "NEAR_LIMIT",
+    "ArrivalOrder",
     "MemoryPasteMerger",
     "Merged",
     "PasteKey",
@@ -104,12 +106,11 @@ class _Paste:
     complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class MemoryPasteMerger:
-    """Pastes waiting in this process (one replica)."""
+class ArrivalOrder:
+    """Near-limit messages of this process on their way to a handler, so that a
+    piece never overtakes the long piece it follows (see ``arriving``)."""
 
-    def __init__(self, window: float = 1.5) -> None:
-        self._window = window
-        self._pastes: dict[PasteKey, _Paste] = {}
+    def __init__(self) -> None:
         # Near-limit messages being handled, by message id: set once decided.
         self._arriving: dict[PasteKey, dict[int, asyncio.Event]] = {}
 
@@ -129,10 +130,27 @@ class MemoryPasteMerger:
             if not arriving:
                 self._arriving.pop(key, None)
 
-    async def _after_earlier_pieces(self, key: PasteKey, message: Message) -> None:
+    async def after_earlier_pieces(self, key: PasteKey, message: Message) -> None:
         for message_id, decided in list(self._arriving.get(key, {}).items()):
             if message_id < message.message_id:
                 await decided.wait()
+
+    def started(self, key: PasteKey, message: Message) -> None:
+        """``message`` started a paste: later pieces may join it now."""
+        if (decided := self._arriving.get(key, {}).get(message.message_id)) is not None:
+            decided.set()
+
+
+class MemoryPasteMerger:
+    """Pastes waiting in this process (one replica)."""
+
+    def __init__(self, window: float = 1.5) -> None:
+        self._window = window
+        self._pastes: dict[PasteKey, _Paste] = {}
+        self._order = ArrivalOrder()
+
+    def arriving(self, key: PasteKey, message: Message) -> AbstractAsyncContextManager[None]:
+        return self._order.arriving(key, message)
 
     async def merge(self, key: PasteKey, message: Message, prompt: str) -> Merged | None:
         if await self.extend(key, message, prompt):
@@ -142,8 +160,7 @@ class MemoryPasteMerger:
         loop = asyncio.get_running_loop()
         paste = _Paste([prompt], loop.time() + self._window)
         self._pastes[key] = paste
-        if (decided := self._arriving.get(key, {}).get(message.message_id)) is not None:
-            decided.set()
+        self._order.started(key, message)
         try:
             # The deadline moves while near-limit pieces keep coming.
             while not paste.complete.is_set() and (left := paste.deadline - loop.time()) > 0:
@@ -156,7 +173,7 @@ class MemoryPasteMerger:
         return Merged(message, JOINER.join(paste.pieces))
 
     async def extend(self, key: PasteKey, message: Message, prompt: str) -> bool:
-        await self._after_earlier_pieces(key, message)
+        await self._order.after_earlier_pieces(key, message)
         paste = self._pastes.get(key)
         loop = asyncio.get_running_loop()
         if paste is None or paste.complete.is_set() or loop.time() > paste.deadline:

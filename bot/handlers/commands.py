@@ -83,23 +83,23 @@ async def on_stop(
     an admin (ADMIN_IDS) may stop any, by replying to it with /stop (or, with no
     answer of their own and no reply, all of them)."""
     if message.chat.type == ChatType.PRIVATE:
-        if not answerer.stop(conversation):
+        if not await answerer.stop_anywhere(conversation):
             await message.answer(texts.nothing_to_stop)
         return
-    if answerer.stop(conversation, asker_of(message)):
+    if await answerer.stop_anywhere(conversation, asker_of(message)):
         return
     user = message.from_user
     if user is not None and message.sender_chat is None and user.id in answerer.admin_ids:
         reply = message.reply_to_message
         me = await bot.me()
         if reply is not None and reply.from_user is not None and reply.from_user.id == me.id:
-            if answerer.stop(conversation, message_id=reply.message_id):
+            if await answerer.stop_anywhere(conversation, message_id=reply.message_id):
                 return
-        elif answerer.stop(conversation):
+        elif await answerer.stop_anywhere(conversation):
             return
         await message.reply(texts.nothing_to_stop)
         return
-    running = answerer.active_in(conversation)
+    running = await answerer.running_in(conversation)
     await message.reply(texts.nothing_of_yours if running else texts.nothing_to_stop)
 
 

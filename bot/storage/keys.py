@@ -81,3 +81,42 @@ class Keys:
     def telegram_answered(self, chat_id: int) -> str:
         """When the chat's last answer call (first message or edit) went."""
         return f"{self.prefix}:telegram:answered:{chat_id}"
+
+    def line(self, conversation: object) -> tuple[str, str, str, str]:
+        """A conversation's line (``bot/conversation/redis_line.py``):
+        ``P:line:{c}:running`` (sorted set: ticket → lease deadline, ms),
+        ``P:line:{c}:waiting`` (sorted set: ticket → message id),
+        ``P:line:{c}:alive`` (sorted set: waiting ticket → its own deadline, ms),
+        ``P:line:{c}:senders`` (hash: ticket → asker)."""
+        base = f"{self.prefix}:line:{conversation}"
+        return f"{base}:running", f"{base}:waiting", f"{base}:alive", f"{base}:senders"
+
+    @property
+    def line_channel(self) -> str:
+        """Pub/sub channel: a conversation's line moved (the message is the conversation)."""
+        return f"{self.prefix}:line"
+
+    @property
+    def control_channel(self) -> str:
+        """Pub/sub channel of commands for every replica (``/stop``, ``/new``)."""
+        return f"{self.prefix}:control"
+
+    def control_reply(self, request: str) -> str:
+        """List where every replica reports what one command did (expires)."""
+        return f"{self.prefix}:control:{request}"
+
+    def paste(self, conversation: ConversationKey, sender: int) -> tuple[str, str]:
+        """A paste being merged (``bot/conversation/redis_paste.py``):
+        ``P:paste:{c}:{sender}`` (hash: ``deadline`` ms, ``complete``) and
+        ``P:paste:{c}:{sender}:pieces`` (list of JSON pieces)."""
+        base = f"{self.prefix}:paste:{conversation}:{sender}"
+        return base, f"{base}:pieces"
+
+    def paste_arriving(self, conversation: ConversationKey, sender: int) -> str:
+        """Sorted set: near-limit messages being handled → their deadline (ms)."""
+        return f"{self.prefix}:paste:{conversation}:{sender}:arriving"
+
+    @property
+    def paste_channel(self) -> str:
+        """Pub/sub channel: a paste got a piece or was decided (the message is its key)."""
+        return f"{self.prefix}:paste"
