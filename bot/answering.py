@@ -11,13 +11,17 @@ what the user saw.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiogram import Bot
 from aiogram.enums import ChatType
+from aiogram.types import InlineKeyboardMarkup
 from aiogram.types import Message as TgMessage
 from redis.exceptions import RedisError
 
@@ -34,7 +38,7 @@ from .storage.user_limits import Decision, UserLimits, Verdict
 from .streaming import ChatUnavailableError, NoRightsError, StreamingReply
 from .unwritable import Unwritable
 
-__all__ = ["LLM", "Answerer", "asker_of", "build_prompt", "notice_for"]
+__all__ = ["LLM", "Answerer", "StopOutcome", "asker_of", "build_prompt", "notice_for"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,34 @@ class _Generation:
     discard: bool = False  # the conversation was reset: do not record the answer
 
 
+class StopOutcome(enum.Enum):
+    STOPPED = "stopped"
+    NOT_YOURS = "not yours"  # neither the asker nor an admin pressed it
+    ENDED = "ended"  # already over, or a button we never made
+
+
+class _State(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass
+class _Prompt:
+    """An asker's last prompt in a conversation, which an edit may replace."""
+
+    message_id: int
+    turn: Message
+    state: _State = _State.WAITING
+    generation: _Generation | None = None
+    superseded: bool = False  # edited while running: its answer is not wanted any more
+
+
+# Makes the Stop button's keyboard for an answer's secret token.
+StopButton = Callable[[str], InlineKeyboardMarkup]
+MAX_REMEMBERED_PROMPTS = 10_000
+
+
 @dataclass
 class Answerer:
     llm: LLM
@@ -94,11 +126,19 @@ class Answerer:
     user_limits: UserLimits | None = None  # USER_RATE_LIMIT; None = off
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
     unwritable: Unwritable = field(default_factory=Unwritable)
+    stop_button: StopButton | None = None  # None: answers stream without a Stop button
+    stream_mode: str = "edit"  # STREAM_MODE: "draft" streams private chats as drafts
+    draft_interval: float = 1.0  # DRAFT_INTERVAL
     _line: Line[ConversationKey] = field(init=False)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
+    # The running answers' Stop buttons: secret token -> answer.
+    _stops: dict[str, _Generation] = field(init=False, default_factory=dict)
+    _prompts: OrderedDict[tuple[ConversationKey, int], _Prompt] = field(
+        init=False, default_factory=OrderedDict
+    )
 
     def __post_init__(self) -> None:
         self._line = Line(limits=self._limits)
@@ -145,6 +185,55 @@ class Answerer:
             stopped = True
         return stopped
 
+    def stop_by_button(self, token: str, user_id: int) -> StopOutcome:
+        """The Stop button with ``token`` was pressed by ``user_id``: the asker and
+        admins may stop the answer. The token is ours only while the answer runs."""
+        generation = self._stops.get(token)
+        if generation is None:
+            return StopOutcome.ENDED
+        if user_id != generation.asker and user_id not in self.admin_ids:
+            return StopOutcome.NOT_YOURS
+        return StopOutcome.STOPPED if generation.reply.stop(STOPPED) else StopOutcome.ENDED
+
+    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+        """The user pressed a draft's own stop button (drafts exist in private chats
+        only, so whoever pressed it asked)."""
+        for conversation, running in self._running.items():
+            if conversation.chat_id != chat_id:
+                continue
+            for generation in running:
+                if generation.reply.draft_id == draft_id:
+                    return generation.reply.stop(STOPPED)
+        return False
+
+    async def regenerate(
+        self, bot: Bot, message: TgMessage, conversation: ConversationKey, user_turn: Message
+    ) -> bool:
+        """``message`` was edited: if it is its asker's last prompt here, answer the
+        new text instead (a waiting prompt is updated in place; a running answer is
+        stopped first). False when it is an older message."""
+        asker = asker_of(message)
+        record = self._prompts.get((conversation, asker))
+        if record is None or record.message_id != message.message_id:
+            return False
+        if record.state is _State.WAITING:
+            record.turn = user_turn
+            return True
+        if record.state is _State.RUNNING:
+            record.superseded = True
+            if record.generation is not None:
+                record.generation.discard = True  # the new answer takes its place
+                record.generation.reply.stop(STOPPED)
+        await self._answer(bot, message, conversation, user_turn, replace=True)
+        return True
+
+    def _remember(self, conversation: ConversationKey, asker: int, record: _Prompt) -> None:
+        key = (conversation, asker)
+        self._prompts[key] = record
+        self._prompts.move_to_end(key)
+        if len(self._prompts) > MAX_REMEMBERED_PROMPTS:
+            self._prompts.popitem(last=False)
+
     async def reset(self, conversation: ConversationKey) -> None:
         """Forget the conversation and stop its running answers."""
         for generation in self._running.get(conversation, ()):
@@ -174,6 +263,8 @@ class Answerer:
         message: TgMessage,
         conversation: ConversationKey,
         user_turn: Message | None,
+        *,
+        replace: bool = False,
     ) -> None:
         if self.unwritable.covers(conversation):
             log.debug("not answering in %s: the bot may not write there", conversation)
@@ -194,6 +285,10 @@ class Answerer:
         if ticket is None:
             await message.reply(BUSY if message.chat.type == ChatType.PRIVATE else BUSY_GROUP)
             return
+        record = None
+        if user_turn is not None:
+            record = _Prompt(message.message_id, user_turn)
+            self._remember(conversation, asker, record)
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -205,7 +300,12 @@ class Answerer:
                 if self.unwritable.covers(conversation):  # learnt while this one waited
                     return
                 try:
-                    await self._generate(bot, message, conversation, user_turn, asker)
+                    if record is not None:
+                        record.state = _State.RUNNING
+                        user_turn = record.turn  # as edited while it waited
+                    await self._generate(
+                        bot, message, conversation, user_turn, asker, record, replace
+                    )
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
                     # queued prompt starts for a chat that cannot be written to.
@@ -219,6 +319,8 @@ class Answerer:
         except LineDroppedError:
             pass
         finally:
+            if record is not None:
+                record.state = _State.DONE
             self._tasks.discard(task)
 
     async def _rate_limit(self, message: TgMessage) -> Decision | None:
@@ -237,6 +339,8 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
         asker: int,
+        record: _Prompt | None = None,
+        replace: bool = False,
     ) -> None:
         if user_turn is None:  # /retry: the asker's own last question
             await self.history.pop_answer(conversation, asker)
@@ -258,10 +362,16 @@ class Answerer:
             # Held so that answers starting together in a group see each other's
             # questions in arrival order.
             async with self._gate.hold(conversation):
-                turns = [*await self.history.load(conversation), turn]
-                await self.history.append(conversation, turn)
+                if replace:  # an edited prompt: its new text takes the old one's place
+                    turns = await self.history.replace_question(conversation, turn)
+                else:
+                    turns = [*await self.history.load(conversation), turn]
+                    await self.history.append(conversation, turn)
+        if record is not None and record.superseded:
+            return  # edited before it started: the edit's answer replaces this turn
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
+        token = secrets.token_urlsafe(16)  # the Stop button's callback data: unguessable
         reply = StreamingReply(
             bot,
             self.scheduler,
@@ -270,8 +380,14 @@ class Answerer:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             empty_notice=EMPTY,
             typing_interval=self.typing_interval,
+            stop_markup=self.stop_button(token) if self.stop_button is not None else None,
+            draft=self.stream_mode == "draft" and message.chat.type == ChatType.PRIVATE,
+            draft_interval=self.draft_interval,
         )
         generation = _Generation(reply, asker)
+        self._stops[token] = generation
+        if record is not None:
+            record.generation = generation
         self._running.setdefault(conversation, []).append(generation)
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
@@ -279,6 +395,7 @@ class Answerer:
         try:
             delivered = await reply.run(self._deltas(prompt))
         finally:
+            del self._stops[token]
             running = self._running[conversation]
             running.remove(generation)
             if not running:

@@ -34,6 +34,7 @@ from bot.config import Settings
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.handlers.stop import stop_keyboard
 from bot.paste_merger import MemoryPasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
@@ -232,6 +233,9 @@ async def build_application(
         user_limits=user_limits,
         admin_ids=settings.admin_ids,
         unwritable=unwritable,
+        stop_button=stop_keyboard,
+        stream_mode=settings.stream_mode,
+        draft_interval=settings.draft_interval,
     )
     dispatcher = create_dispatcher(
         answerer=answerer,

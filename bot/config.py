@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     group_max_concurrent: int = Field(5, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     merge_window: float = Field(1.5, gt=0, allow_inf_nan=False)
+    stream_mode: Literal["edit", "draft"] = "edit"
+    draft_interval: float = Field(1.0, gt=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
     webhook_url: str | None = None  # reserved for webhook mode (not implemented yet)
@@ -178,6 +180,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must be comma-separated numeric user ids") from None
         return value
+
+    @field_validator("stream_mode", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -22,13 +22,21 @@ text and edits it in place, within the chat's rate limits:
   retried with back-off for up to ``GIVE_UP_AFTER`` seconds;
 * a group that became a supergroup: the answer continues in the new chat;
 * a chat or topic the bot may not write to ends the answer at once
-  (:class:`NoRightsError`), so that no more of it is generated for nobody.
+  (:class:`NoRightsError`), so that no more of it is generated for nobody;
+* with ``stop_markup`` the newest message carries that keyboard (the Stop button)
+  while the stream runs: it rides on the sends and edits made anyway, and the final
+  edit of each message takes it off (made even when the text did not change);
+* with ``draft`` (private chats) the open part streams as a ``sendMessageDraft``
+  with the native stop button, at most one per ``draft_interval``, refreshed while
+  the model is silent; parts that fill up and the end go out as real messages. A
+  draft failing other than with a 429 switches the answer to edits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -43,7 +51,7 @@ from aiogram.exceptions import (
     TelegramNotFound,
     TelegramRetryAfter,
 )
-from aiogram.types import LinkPreviewOptions, ReplyParameters
+from aiogram.types import InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 
 from .delivery.budgets import Priority
 from .delivery.scheduler import Scheduler, SlotRequest
@@ -99,6 +107,15 @@ class Delivered:
 class _Shown:
     message_id: int
     content: Rendered  # what Telegram stores now
+    button: bool = False  # whether it carries the stop keyboard
+
+
+@dataclass(frozen=True)
+class _Step:
+    index: int  # == number of messages shown: a new message (or the draft)
+    content: Rendered
+    button: bool  # with the stop keyboard
+    draft: bool = False  # the open part, as a draft
 
 
 class StreamingReply:
@@ -119,6 +136,10 @@ class StreamingReply:
         typing_interval: float = 4.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
+        stop_markup: InlineKeyboardMarkup | None = None,
+        draft: bool = False,
+        draft_interval: float = 1.0,
+        draft_refresh: float = 20.0,
     ) -> None:
         self._bot, self._scheduler, self._chat_id = bot, scheduler, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
@@ -147,6 +168,15 @@ class StreamingReply:
         self._pump: asyncio.Task[None] | None = None
         self._stop_suffix: str | None = None
         self._layout_cache: tuple[tuple[int, bool], list[Rendered]] | None = None
+        self._markup = stop_markup
+        # Drafts: durations are Telegram seconds, scaled like the scheduler's.
+        self._draft = draft
+        self.draft_id = secrets.randbelow(2**31 - 1) + 1  # must be non-zero
+        scale = scheduler.limits.time_scale
+        self._draft_interval, self._draft_refresh = draft_interval * scale, draft_refresh * scale
+        self._drafted: Rendered | None = None  # what the draft shows
+        self._drafted_at = 0.0  # loop time of the last draft
+        self._hurry = asyncio.Event()  # the stream ended or the open part filled up
 
     @property
     def markdown(self) -> str:
@@ -157,15 +187,18 @@ class StreamingReply:
         """The messages showing the answer so far."""
         return tuple(shown.message_id for shown in self._shown)
 
-    def stop(self, suffix: str) -> None:
+    def stop(self, suffix: str) -> bool:
         """Stop reading the stream (closing it); the answer so far ends with ``suffix``.
 
-        Works before and during :meth:`run`; after the stream ended it changes nothing.
+        Works before and during :meth:`run`; after the stream ended it changes nothing
+        (and returns False).
         """
         if self._stop_suffix is None and not self._done:
             self._stop_suffix = suffix
             if self._pump is not None:
                 self._pump.cancel()
+            return True
+        return False
 
     async def run(self, deltas: AsyncIterator[str]) -> Delivered:
         """Consume ``deltas`` and deliver them; return what was delivered.
@@ -203,8 +236,10 @@ class StreamingReply:
                 self._chunks.append(delta)
                 self._changed.set()
                 self._unplanned += len(delta)
-                if self._unplanned > self._room and self._pending is not None:
-                    self._pending.promote(Priority.ANSWER)
+                if self._unplanned > self._room:
+                    self._hurry.set()
+                    if self._pending is not None:
+                        self._pending.promote(Priority.ANSWER)
         finally:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
@@ -219,6 +254,7 @@ class StreamingReply:
             self._chunks.append(self._stop_suffix)
         self._done = True
         self._changed.set()
+        self._hurry.set()
         if self._pending is not None:  # a waiting intermediate edit is now the final one
             self._pending.promote(Priority.ANSWER)
 
@@ -242,8 +278,7 @@ class StreamingReply:
         delay = self._retry_delay
         while True:
             if not self._done:
-                await self._changed.wait()
-                self._changed.clear()
+                await self._wait_for_text()
             if self._plan() is None:
                 if self._done:
                     return
@@ -257,13 +292,15 @@ class StreamingReply:
             if step is None:
                 continue
             try:
-                delivered = await self._deliver(*step)
+                delivered = await self._deliver(step)
             except _UndeliverableError as exc:
                 log.error("Telegram refused the answer in chat %s: %s", self._chat_id, exc)
                 return
             if delivered:
                 failing_since, delay = None, self._retry_delay
                 typing.cancel()
+                if step.draft and self._draft:
+                    await self._draft_pause()
                 continue
             # Telegram unreachable or refusing: back off, keep the newest text, and
             # give up only after a long outage (the answer is lost then, and logged).
@@ -308,32 +345,108 @@ class StreamingReply:
             parts = [self._empty]
         return parts
 
-    def _plan(self) -> tuple[int, Rendered] | None:
+    def _plan(self) -> _Step | None:
         """The next message to send (index == number shown) or edit, or None."""
         parts = self._layout()
         for index, content in enumerate(parts):
             wanted = content.plain() if index in self._plain else content
+            last = index == len(parts) - 1
+            # The stop keyboard is on the newest message while the stream runs.
+            button = self._markup is not None and last and not self._done and not self._draft
             if index == len(self._shown):
+                if self._draft and last and not self._done:
+                    if wanted == self._drafted and not self._refresh_due():
+                        return None
+                    self._want = Priority.EDIT
+                    return _Step(index, wanted, button=False, draft=True)
                 self._want = Priority.ANSWER
-                return index, wanted
-            if wanted != self._shown[index].content and not self._given_up(index, wanted):
-                last = index == len(parts) - 1
+                return _Step(index, wanted, button)
+            shown = self._shown[index]
+            changed = wanted != shown.content or button != shown.button
+            if changed and not self._given_up(index, wanted):
                 self._want = Priority.EDIT if last and not self._done else Priority.ANSWER
-                return index, wanted
+                return _Step(index, wanted, button)
         return None
+
+    # --- drafts -------------------------------------------------------------------------
+
+    async def _wait_for_text(self) -> None:
+        """Until the text changed; with a draft showing, at most until it needs a refresh."""
+        timeout = None
+        if self._draft and self._drafted is not None:
+            timeout = max(0.0, self._drafted_at + self._draft_refresh - self._loop_time())
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+        self._changed.clear()
+
+    def _refresh_due(self) -> bool:
+        # A draft lives about 30 s: renewed after draft_refresh without new text.
+        return self._loop_time() >= self._drafted_at + self._draft_refresh
+
+    async def _draft_pause(self) -> None:
+        """At most one draft per interval; the end or a full part need not wait."""
+        self._hurry.clear()
+        if self._done:
+            return
+        try:
+            async with asyncio.timeout(self._draft_interval):
+                await self._hurry.wait()
+        except TimeoutError:
+            pass
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _send_draft(self, content: Rendered) -> None:
+        await self._bot.send_message_draft(
+            chat_id=self._chat_id,
+            draft_id=self.draft_id,
+            text=content.text,
+            entities=content.aiogram_entities(),
+            message_thread_id=self._thread_id,
+            parse_mode=None,
+            can_stop=True,
+            # Kept until our real message replaces it, so that stopping does not blink.
+            keep_on_stop=True,
+        )
+        self._drafted, self._drafted_at = content, self._loop_time()
+
+    async def _deliver_draft(self, content: Rendered) -> bool:
+        try:
+            with Scheduler.paced():
+                await self._send_draft(content)
+        except TelegramRetryAfter:
+            pass  # the whole chat cools down in the scheduler; never a send meanwhile
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            # An old client, a Bot API without drafts, a rejected text: the answer
+            # goes on with edits, and its open part goes out as a new message.
+            log.warning(
+                "draft failed in chat %s (%s); streaming by edits", self._chat_id, _brief(exc)
+            )
+            self._draft = False
+        return True
+
+    # --- messages -----------------------------------------------------------------------
 
     def _given_up(self, index: int, content: Rendered) -> bool:
         refused, count = self._refused.get(index, (None, 0))
         return refused == content and count >= self.MAX_REFUSALS
 
-    async def _deliver(self, index: int, content: Rendered) -> bool:
+    async def _deliver(self, step: _Step) -> bool:
         """Make one call; return whether the answer's state moved forward."""
+        if step.draft:
+            return await self._deliver_draft(step.content)
+        index, content = step.index, step.content
         try:
             with Scheduler.paced():
                 if index == len(self._shown):
-                    await self._send(content)
+                    await self._send(content, step.button)
                 else:
-                    await self._edit(index, content)
+                    await self._edit(index, content, step.button)
             return True
         except TelegramRetryAfter:
             return True  # the chat is blocked; the newest text goes out after it
@@ -341,7 +454,7 @@ class StreamingReply:
             self._move_to(exc.migrate_to_chat_id)
             return True
         except TelegramBadRequest as exc:
-            return self._bad_request(index, content, exc.message.lower())
+            return self._bad_request(step, exc.message.lower())
         except (TelegramForbiddenError, TelegramNotFound) as exc:
             raise ChatUnavailableError(str(exc)) from exc
         except (TelegramAPIError, ClientDecodeError) as exc:
@@ -373,7 +486,7 @@ class StreamingReply:
         self._plain = {index for index in self._plain if index < kept}
         self._refused = {i: refused for i, refused in self._refused.items() if i < kept}
 
-    async def _send(self, content: Rendered) -> None:
+    async def _send(self, content: Rendered, button: bool) -> None:
         first = not self._shown
         reply = (
             ReplyParameters(message_id=self._reply_to, allow_sending_without_reply=True)
@@ -388,11 +501,13 @@ class StreamingReply:
             message_thread_id=self._thread_id,
             link_preview_options=NO_PREVIEW,
             parse_mode=None,
+            reply_markup=self._markup if button else None,
         )
-        self._shown.append(_Shown(message.message_id, content))
+        self._shown.append(_Shown(message.message_id, content, button))
 
-    async def _edit(self, index: int, content: Rendered) -> None:
+    async def _edit(self, index: int, content: Rendered, button: bool) -> None:
         shown = self._shown[index]
+        # Without reply_markup an edit takes the keyboard off: the final edit does.
         await self._bot.edit_message_text(
             text=content.text,
             chat_id=self._chat_id,
@@ -400,10 +515,12 @@ class StreamingReply:
             entities=content.aiogram_entities(),
             link_preview_options=NO_PREVIEW,
             parse_mode=None,
+            reply_markup=self._markup if button else None,
         )
-        shown.content = content
+        shown.content, shown.button = content, button
 
-    def _bad_request(self, index: int, content: Rendered, description: str) -> bool:
+    def _bad_request(self, step: _Step, description: str) -> bool:
+        index, content = step.index, step.content
         if any(marker in description for marker in _NO_RIGHTS):
             raise NoRightsError(description)
         if any(marker in description for marker in _TOPIC_GONE):
@@ -417,7 +534,7 @@ class StreamingReply:
         if index < len(self._shown):
             shown = self._shown[index]
             if "message is not modified" in description:
-                shown.content = content
+                shown.content, shown.button = content, step.button
                 return True
             if "message to edit not found" in description or "can't be edited" in description:
                 log.info("message %s in chat %s is gone", shown.message_id, self._chat_id)
