@@ -155,6 +155,9 @@ class Answerer:
     def active_in(self, conversation: ConversationKey) -> int:
         return len(self._running.get(conversation, ()))
 
+    def waiting_in(self, conversation: ConversationKey) -> int:
+        return self._line.waiting(conversation)
+
     async def prompt(
         self, bot: Bot, message: TgMessage, conversation: ConversationKey, text: str
     ) -> None:
