@@ -143,7 +143,7 @@ async def test_stale_and_forged_presses_are_refused_politely(
     no_rejections(tg)
 
 
-@pytest.mark.parametrize("ending", ["normal", "long", "error", "/stop", "empty"])
+@pytest.mark.parametrize("ending", ["normal", "long", "error", "/stop", "empty", "quiet end"])
 async def test_no_message_keeps_the_button(
     make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, ending: str
 ) -> None:
@@ -152,6 +152,8 @@ async def test_no_message_keeps_the_button(
         fake_gptalk.fail("stream", cut_after=8)
     if ending == "empty":
         fake_gptalk.answer = ""
+    if ending == "quiet end":  # all the text shown, then silence before the end: the
+        fake_gptalk.fail("stream", stall=1.0, after=10_000)  # final edit has the same text
     harness = await start(make_bot)
     ann = harness.user()
     question = harness.say(ann, "talk")
@@ -169,6 +171,9 @@ async def test_no_message_keeps_the_button(
         assert "⚠️" in text
     if ending == "/stop":
         assert text.endswith("Stopped.")
+    if ending == "quiet end":
+        [message] = tg.bot_messages(ann["id"])
+        assert message.history[-1] == message.history[-2]
     assert keyboards_left(tg, ann["id"]) == []
     no_rejections(tg)
 
