@@ -176,7 +176,7 @@ class StreamingReply:
         self._draft_interval, self._draft_refresh = draft_interval * scale, draft_refresh * scale
         self._drafted: Rendered | None = None  # what the draft shows
         self._drafted_at = 0.0  # loop time of the last draft
-        self._hurry = asyncio.Event()  # the stream ended or the open part filled up
+        self._ended = asyncio.Event()  # set with _done: a draft's gap need not be waited out
 
     @property
     def markdown(self) -> str:
@@ -236,10 +236,8 @@ class StreamingReply:
                 self._chunks.append(delta)
                 self._changed.set()
                 self._unplanned += len(delta)
-                if self._unplanned > self._room:
-                    self._hurry.set()
-                    if self._pending is not None:
-                        self._pending.promote(Priority.ANSWER)
+                if self._unplanned > self._room and self._pending is not None:
+                    self._pending.promote(Priority.ANSWER)
         finally:
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
@@ -254,7 +252,7 @@ class StreamingReply:
             self._chunks.append(self._stop_suffix)
         self._done = True
         self._changed.set()
-        self._hurry.set()
+        self._ended.set()
         if self._pending is not None:  # a waiting intermediate edit is now the final one
             self._pending.promote(Priority.ANSWER)
 
@@ -279,10 +277,12 @@ class StreamingReply:
         while True:
             if not self._done:
                 await self._wait_for_text()
-            if self._plan() is None:
+            if (planned := self._plan()) is None:
                 if self._done:
                     return
                 continue
+            if planned.draft and await self._draft_gap():
+                self._plan()  # the stream ended meanwhile: a real message, of higher priority
             self._pending = self._scheduler.request(self._chat_id, self._priority())
             try:
                 await self._scheduler.wait(self._pending)
@@ -299,8 +299,6 @@ class StreamingReply:
             if delivered:
                 failing_since, delay = None, self._retry_delay
                 typing.cancel()
-                if step.draft and self._draft:
-                    await self._draft_pause()
                 continue
             # Telegram unreachable or refusing: back off, keep the newest text, and
             # give up only after a long outage (the answer is lost then, and logged).
@@ -386,16 +384,17 @@ class StreamingReply:
         # A draft lives about 30 s: renewed after draft_refresh without new text.
         return self._loop_time() >= self._drafted_at + self._draft_refresh
 
-    async def _draft_pause(self) -> None:
-        """At most one draft per interval; the end or a full part need not wait."""
-        self._hurry.clear()
-        if self._done:
-            return
-        try:
-            async with asyncio.timeout(self._draft_interval):
-                await self._hurry.wait()
-        except TimeoutError:
-            pass
+    async def _draft_gap(self) -> bool:
+        """At most one draft per interval: wait for the gap since the last one, or
+        for the end of the stream (True then: the answer's real message may go now)."""
+        gap = self._drafted_at + self._draft_interval - self._loop_time()
+        if gap > 0 and not self._done:
+            try:
+                async with asyncio.timeout(gap):
+                    await self._ended.wait()
+            except TimeoutError:
+                return False
+        return self._done
 
     @staticmethod
     def _loop_time() -> float:
