@@ -11,13 +11,17 @@ what the user saw.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiogram import Bot
 from aiogram.enums import ChatType
+from aiogram.types import InlineKeyboardMarkup
 from aiogram.types import Message as TgMessage
 from redis.exceptions import RedisError
 
@@ -42,6 +46,7 @@ __all__ = [
     "LLM",
     "Answerer",
     "Marker",
+    "StopOutcome",
     "asker_of",
     "build_prompt",
     "conversation_limits",
@@ -111,6 +116,40 @@ class _Generation:
     discard: bool = False  # the conversation was reset: do not record the answer
 
 
+class StopOutcome(enum.Enum):
+    STOPPED = "stopped"
+    NOT_YOURS = "not yours"  # neither the asker nor an admin pressed it
+    ENDED = "ended"  # already over, or a button we never made
+
+
+# A Stop button's outcome as a count over the control channel (the replica that
+# runs the answer answers; the others count 0).
+_CODE_OF_OUTCOME = {StopOutcome.ENDED: 0, StopOutcome.NOT_YOURS: 1, StopOutcome.STOPPED: 2}
+_OUTCOME_OF_CODE = {code: outcome for outcome, code in _CODE_OF_OUTCOME.items()}
+
+
+class _State(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass
+class _Prompt:
+    """An asker's last prompt in a conversation, which an edit may replace."""
+
+    message_id: int
+    turn: Message
+    state: _State = _State.WAITING
+    generation: _Generation | None = None
+    superseded: bool = False  # edited while running: its answer is not wanted any more
+
+
+# Makes the Stop button's keyboard for an answer's secret token and a label.
+StopButton = Callable[[str, str], InlineKeyboardMarkup]
+MAX_REMEMBERED_PROMPTS = 10_000
+
+
 @dataclass
 class Answerer:
     llm: LLM
@@ -133,10 +172,18 @@ class Answerer:
     line: Lines[ConversationKey] | None = None
     control: Control = field(default_factory=LocalControl)
     _line: Lines[ConversationKey] = field(init=False)
+    stop_button: StopButton | None = None  # None: answers stream without a Stop button
+    stream_mode: str = "edit"  # STREAM_MODE: "draft" streams private chats as drafts
+    draft_interval: float = 1.0  # DRAFT_INTERVAL
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
+    # The running answers' Stop buttons: secret token -> answer.
+    _stops: dict[str, _Generation] = field(init=False, default_factory=dict)
+    _prompts: OrderedDict[tuple[ConversationKey, int], _Prompt] = field(
+        init=False, default_factory=OrderedDict
+    )
 
     def __post_init__(self) -> None:
         limits = conversation_limits(
@@ -145,6 +192,7 @@ class Answerer:
         self._line = self.line if self.line is not None else Line(limits=limits)
         self.control.on("stop", self._apply_stop)
         self.control.on("reset", self._apply_reset)
+        self.control.on("stop_answer", self._apply_stop_answer)
 
     @property
     def active(self) -> int:
@@ -152,6 +200,10 @@ class Answerer:
 
     def active_in(self, conversation: ConversationKey) -> int:
         return len(self._running.get(conversation, ()))
+
+    async def waiting_in(self, conversation: ConversationKey) -> int:
+        """Prompts waiting in the conversation, in every replica."""
+        return (await self._line.counts(conversation))[1]
 
     async def prompt(
         self,
@@ -219,6 +271,74 @@ class Answerer:
             )
         )
 
+    async def stop_by_button(self, token: str, user_id: int) -> StopOutcome:
+        """The Stop button with ``token`` was pressed by ``user_id``: the asker and
+        admins may stop the answer. The token maps to an answer only while it runs,
+        in whichever replica runs it."""
+        if isinstance(self.control, LocalControl):
+            return self._stop_token(token, user_id)
+        # Every replica looks; only the one that runs the answer counts more than 0.
+        code = await self.control.send("stop_answer", token=token, user_id=user_id)
+        return _OUTCOME_OF_CODE.get(code, StopOutcome.ENDED)
+
+    def _stop_token(self, token: str, user_id: int) -> StopOutcome:
+        generation = self._stops.get(token)
+        if generation is None:
+            return StopOutcome.ENDED
+        if user_id != generation.asker and user_id not in self.admin_ids:
+            return StopOutcome.NOT_YOURS
+        stopped = generation.reply.stop(_stopped(generation.texts))
+        return StopOutcome.STOPPED if stopped else StopOutcome.ENDED
+
+    async def _apply_stop_answer(self, command: Command) -> int:
+        outcome = self._stop_token(str(command.get("token")), int(command.get("user_id", 0)))
+        return _CODE_OF_OUTCOME[outcome]
+
+    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+        """The user pressed a draft's own stop button (drafts exist in private chats
+        only, so whoever pressed it asked)."""
+        for conversation, running in self._running.items():
+            if conversation.chat_id != chat_id:
+                continue
+            for generation in running:
+                if generation.reply.draft_id == draft_id:
+                    return generation.reply.stop(_stopped(generation.texts))
+        return False
+
+    async def regenerate(
+        self,
+        bot: Bot,
+        message: TgMessage,
+        conversation: ConversationKey,
+        user_turn: Message,
+        *,
+        texts: Texts,
+    ) -> bool:
+        """``message`` was edited: if it is its asker's last prompt here, answer the
+        new text instead (a waiting prompt is updated in place; a running answer is
+        stopped first). False when it is an older message."""
+        asker = asker_of(message)
+        record = self._prompts.get((conversation, asker))
+        if record is None or record.message_id != message.message_id:
+            return False
+        if record.state is _State.WAITING:
+            record.turn = user_turn
+            return True
+        if record.state is _State.RUNNING:
+            record.superseded = True
+            if record.generation is not None:
+                record.generation.discard = True  # the new answer takes its place
+                record.generation.reply.stop(_stopped(record.generation.texts))
+        await self._answer(bot, message, conversation, user_turn, texts, replace=True)
+        return True
+
+    def _remember(self, conversation: ConversationKey, asker: int, record: _Prompt) -> None:
+        key = (conversation, asker)
+        self._prompts[key] = record
+        self._prompts.move_to_end(key)
+        if len(self._prompts) > MAX_REMEMBERED_PROMPTS:
+            self._prompts.popitem(last=False)
+
     async def reset(self, conversation: ConversationKey) -> None:
         """Forget the conversation and stop its running answers (in every replica;
         they are stopped first, so that none of them records its answer after the
@@ -257,6 +377,8 @@ class Answerer:
         conversation: ConversationKey,
         user_turn: Message | None,
         texts: Texts,
+        *,
+        replace: bool = False,
     ) -> None:
         if self.unwritable.covers(conversation):
             log.debug("not answering in %s: the bot may not write there", conversation)
@@ -284,6 +406,10 @@ class Answerer:
             private = message.chat.type == ChatType.PRIVATE
             await message.reply(texts.busy if private else texts.busy_group)
             return
+        record = None
+        if user_turn is not None:
+            record = _Prompt(message.message_id, user_turn)
+            self._remember(conversation, asker, record)
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -295,7 +421,12 @@ class Answerer:
                 if self.unwritable.covers(conversation):  # learnt while this one waited
                     return
                 try:
-                    await self._generate(bot, message, conversation, user_turn, asker, texts)
+                    if record is not None:
+                        record.state = _State.RUNNING
+                        user_turn = record.turn  # as edited while it waited
+                    await self._generate(
+                        bot, message, conversation, user_turn, asker, texts, record, replace
+                    )
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
                     # queued prompt starts for a chat that cannot be written to.
@@ -309,6 +440,8 @@ class Answerer:
         except LineDroppedError:
             pass
         finally:
+            if record is not None:
+                record.state = _State.DONE
             self._tasks.discard(task)
 
     async def _rate_limit(self, message: TgMessage) -> Decision | None:
@@ -329,6 +462,8 @@ class Answerer:
         user_turn: Message | None,
         asker: int,
         texts: Texts,
+        record: _Prompt | None = None,
+        replace: bool = False,
     ) -> None:
         if user_turn is None:  # /retry: the asker's own last question
             await self.history.pop_answer(conversation, asker)
@@ -350,8 +485,13 @@ class Answerer:
             # Held so that answers starting together in a group see each other's
             # questions in arrival order.
             async with self._gate.hold(conversation):
-                turns = [*await self.history.load(conversation), turn]
-                await self.history.append(conversation, turn)
+                if replace:  # an edited prompt: its new text takes the old one's place
+                    turns = await self.history.replace_question(conversation, turn)
+                else:
+                    turns = [*await self.history.load(conversation), turn]
+                    await self.history.append(conversation, turn)
+        if record is not None and record.superseded:
+            return  # edited before it started: the edit's answer replaces this turn
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
         language = message.from_user.language_code if message.from_user else None
@@ -364,6 +504,7 @@ class Answerer:
         )
         flight = InFlight(self.journal, entry)
         await flight.begin()
+        token = secrets.token_urlsafe(16)  # the Stop button's callback data: unguessable
         reply = StreamingReply(
             bot,
             self.scheduler,
@@ -373,8 +514,16 @@ class Answerer:
             empty_notice=texts.empty_answer,
             typing_interval=self.typing_interval,
             on_progress=flight.progress,
+            stop_markup=(
+                self.stop_button(token, texts.stop_button) if self.stop_button is not None else None
+            ),
+            draft=self.stream_mode == "draft" and message.chat.type == ChatType.PRIVATE,
+            draft_interval=self.draft_interval,
         )
         generation = _Generation(reply, asker, texts)
+        self._stops[token] = generation
+        if record is not None:
+            record.generation = generation
         self._running.setdefault(conversation, []).append(generation)
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
@@ -387,6 +536,7 @@ class Answerer:
             raise
         finally:
             observed.finish(reply.edits)
+            del self._stops[token]
             running = self._running[conversation]
             running.remove(generation)
             if not running:

@@ -44,6 +44,7 @@ from bot.delivery.recovery import Recovery
 from bot.delivery.redis_budgets import RedisBudgets
 from bot.delivery.scheduler import RateLimitMiddleware, Scheduler
 from bot.dispatcher import create_dispatcher
+from bot.handlers.stop import stop_keyboard
 from bot.lag import LagProbe
 from bot.observability import Metrics, ObserveUpdates, TelegramCallMetrics
 from bot.paste_merger import MemoryPasteMerger, PasteMerger
@@ -286,6 +287,9 @@ async def build_application(
         metrics=metrics,
         line=line,
         control=control,
+        stop_button=stop_keyboard,
+        stream_mode=settings.stream_mode,
+        draft_interval=settings.draft_interval,
     )
     metrics.streaming.set_function(lambda: answerer.active)
     dispatcher = create_dispatcher(

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     # tests need not wait the production lease out (bot/delivery/journal.py).
     journal_lease: float = Field(15.0, ge=0.3, le=3600, allow_inf_nan=False)
     default_language: Language = "en"
+    stream_mode: Literal["edit", "draft"] = "edit"
+    draft_interval: float = Field(1.0, gt=0, allow_inf_nan=False)
     log_level: LogLevel = "INFO"
     heartbeat_file: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = None
 
@@ -139,7 +141,7 @@ class Settings(BaseSettings):
             return f"{socket.gethostname()}:{os.getpid()}"
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "stream_mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -22,13 +22,21 @@ text and edits it in place, within the chat's rate limits:
   retried with back-off for up to ``GIVE_UP_AFTER`` seconds;
 * a group that became a supergroup: the answer continues in the new chat;
 * a chat or topic the bot may not write to ends the answer at once
-  (:class:`NoRightsError`), so that no more of it is generated for nobody.
+  (:class:`NoRightsError`), so that no more of it is generated for nobody;
+* with ``stop_markup`` the newest message carries that keyboard (the Stop button)
+  while the stream runs: it rides on the sends and edits made anyway, and the final
+  edit of each message takes it off (made even when the text did not change);
+* with ``draft`` (private chats) the open part streams as a ``sendMessageDraft``
+  with the native stop button, at most one per ``draft_interval``, refreshed while
+  the model is silent; parts that fill up and the end go out as real messages. A
+  draft failing other than with a 429 switches the answer to edits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -43,7 +51,7 @@ from aiogram.exceptions import (
     TelegramNotFound,
     TelegramRetryAfter,
 )
-from aiogram.types import LinkPreviewOptions, ReplyParameters
+from aiogram.types import InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 
 from .delivery.budgets import Priority
 from .delivery.scheduler import Scheduler, SlotRequest
@@ -104,6 +112,15 @@ class Delivered:
 class _Shown:
     message_id: int
     content: Rendered  # what Telegram stores now
+    button: bool = False  # whether it carries the stop keyboard
+
+
+@dataclass(frozen=True)
+class _Step:
+    index: int  # == number of messages shown: a new message (or the draft)
+    content: Rendered
+    button: bool  # with the stop keyboard
+    draft: bool = False  # the open part, as a draft
 
 
 class StreamingReply:
@@ -125,6 +142,10 @@ class StreamingReply:
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
         on_progress: Progress | None = None,
+        stop_markup: InlineKeyboardMarkup | None = None,
+        draft: bool = False,
+        draft_interval: float = 1.0,
+        draft_refresh: float = 20.0,
     ) -> None:
         self._bot, self._scheduler, self._chat_id = bot, scheduler, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
@@ -153,6 +174,15 @@ class StreamingReply:
         self._pump: asyncio.Task[None] | None = None
         self._stop_suffix: str | None = None
         self._layout_cache: tuple[tuple[int, bool], list[Rendered]] | None = None
+        self._markup = stop_markup
+        # Drafts: durations are Telegram seconds, scaled like the scheduler's.
+        self._draft = draft
+        self.draft_id = secrets.randbelow(2**31 - 1) + 1  # must be non-zero
+        scale = scheduler.limits.time_scale
+        self._draft_interval, self._draft_refresh = draft_interval * scale, draft_refresh * scale
+        self._drafted: Rendered | None = None  # what the draft shows
+        self._drafted_at = 0.0  # loop time of the last draft
+        self._ended = asyncio.Event()  # set with _done: a draft's gap need not be waited out
 
     @property
     def markdown(self) -> str:
@@ -163,15 +193,18 @@ class StreamingReply:
         """The messages showing the answer so far."""
         return tuple(shown.message_id for shown in self._shown)
 
-    def stop(self, suffix: str) -> None:
+    def stop(self, suffix: str) -> bool:
         """Stop reading the stream (closing it); the answer so far ends with ``suffix``.
 
-        Works before and during :meth:`run`; after the stream ended it changes nothing.
+        Works before and during :meth:`run`; after the stream ended it changes nothing
+        (and returns False).
         """
         if self._stop_suffix is None and not self._done:
             self._stop_suffix = suffix
             if self._pump is not None:
                 self._pump.cancel()
+            return True
+        return False
 
     async def run(self, deltas: AsyncIterator[str]) -> Delivered:
         """Consume ``deltas`` and deliver them; return what was delivered.
@@ -225,6 +258,7 @@ class StreamingReply:
             self._chunks.append(self._stop_suffix)
         self._done = True
         self._changed.set()
+        self._ended.set()
         if self._pending is not None:  # a waiting intermediate edit is now the final one
             self._pending.promote(Priority.ANSWER)
 
@@ -248,12 +282,13 @@ class StreamingReply:
         delay = self._retry_delay
         while True:
             if not self._done:
-                await self._changed.wait()
-                self._changed.clear()
-            if self._plan() is None:
+                await self._wait_for_text()
+            if (planned := self._plan()) is None:
                 if self._done:
                     return
                 continue
+            if planned.draft and await self._draft_gap():
+                self._plan()  # the stream ended meanwhile: a real message, of higher priority
             self._pending = self._scheduler.request(self._chat_id, self._priority())
             try:
                 await self._scheduler.wait(self._pending)
@@ -263,7 +298,7 @@ class StreamingReply:
             if step is None:
                 continue
             try:
-                delivered = await self._deliver(*step)
+                delivered = await self._deliver(step)
             except _UndeliverableError as exc:
                 log.error("Telegram refused the answer in chat %s: %s", self._chat_id, exc)
                 return
@@ -299,32 +334,109 @@ class StreamingReply:
             parts = [self._empty]
         return parts
 
-    def _plan(self) -> tuple[int, Rendered] | None:
+    def _plan(self) -> _Step | None:
         """The next message to send (index == number shown) or edit, or None."""
         parts = self._layout()
         for index, content in enumerate(parts):
             wanted = content.plain() if index in self._plain else content
+            last = index == len(parts) - 1
+            # The stop keyboard is on the newest message while the stream runs.
+            button = self._markup is not None and last and not self._done and not self._draft
             if index == len(self._shown):
+                if self._draft and last and not self._done:
+                    if wanted == self._drafted and not self._refresh_due():
+                        return None
+                    self._want = Priority.EDIT
+                    return _Step(index, wanted, button=False, draft=True)
                 self._want = Priority.ANSWER
-                return index, wanted
-            if wanted != self._shown[index].content and not self._given_up(index, wanted):
-                last = index == len(parts) - 1
+                return _Step(index, wanted, button)
+            shown = self._shown[index]
+            changed = wanted != shown.content or button != shown.button
+            if changed and not self._given_up(index, wanted):
                 self._want = Priority.EDIT if last and not self._done else Priority.ANSWER
-                return index, wanted
+                return _Step(index, wanted, button)
         return None
+
+    # --- drafts -------------------------------------------------------------------------
+
+    async def _wait_for_text(self) -> None:
+        """Until the text changed; with a draft showing, at most until it needs a refresh."""
+        timeout = None
+        if self._draft and self._drafted is not None:
+            timeout = max(0.0, self._drafted_at + self._draft_refresh - self._loop_time())
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+        self._changed.clear()
+
+    def _refresh_due(self) -> bool:
+        # A draft lives about 30 s: renewed after draft_refresh without new text.
+        return self._loop_time() >= self._drafted_at + self._draft_refresh
+
+    async def _draft_gap(self) -> bool:
+        """At most one draft per interval: wait for the gap since the last one, or
+        for the end of the stream (True then: the answer's real message may go now)."""
+        gap = self._drafted_at + self._draft_interval - self._loop_time()
+        if gap > 0 and not self._done:
+            try:
+                async with asyncio.timeout(gap):
+                    await self._ended.wait()
+            except TimeoutError:
+                return False
+        return self._done
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _send_draft(self, content: Rendered) -> None:
+        await self._bot.send_message_draft(
+            chat_id=self._chat_id,
+            draft_id=self.draft_id,
+            text=content.text,
+            entities=content.aiogram_entities(),
+            message_thread_id=self._thread_id,
+            parse_mode=None,
+            can_stop=True,
+            # Kept until our real message replaces it, so that stopping does not blink.
+            keep_on_stop=True,
+        )
+        self._drafted, self._drafted_at = content, self._loop_time()
+
+    async def _deliver_draft(self, content: Rendered) -> bool:
+        try:
+            with Scheduler.paced():
+                await self._send_draft(content)
+        except TelegramRetryAfter:
+            pass  # the whole chat cools down in the scheduler; never a send meanwhile
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            # An old client, a Bot API without drafts, a rejected text: the answer
+            # goes on with edits, and its open part goes out as a new message.
+            log.warning(
+                "draft failed in chat %s (%s); streaming by edits", self._chat_id, _brief(exc)
+            )
+            self._draft = False
+        return True
+
+    # --- messages -----------------------------------------------------------------------
 
     def _given_up(self, index: int, content: Rendered) -> bool:
         refused, count = self._refused.get(index, (None, 0))
         return refused == content and count >= self.MAX_REFUSALS
 
-    async def _deliver(self, index: int, content: Rendered) -> bool:
+    async def _deliver(self, step: _Step) -> bool:
         """Make one call; return whether the answer's state moved forward."""
+        if step.draft:
+            return await self._deliver_draft(step.content)
+        index, content = step.index, step.content
         try:
             with Scheduler.paced():
                 if index == len(self._shown):
-                    await self._send(content)
+                    await self._send(content, step.button)
                 else:
-                    await self._edit(index, content)
+                    await self._edit(index, content, step.button)
             return True
         except TelegramRetryAfter:
             return True  # the chat is blocked; the newest text goes out after it
@@ -332,7 +444,7 @@ class StreamingReply:
             self._move_to(exc.migrate_to_chat_id)
             return True
         except TelegramBadRequest as exc:
-            return self._bad_request(index, content, exc.message.lower())
+            return self._bad_request(step, exc.message.lower())
         except (TelegramForbiddenError, TelegramNotFound) as exc:
             raise ChatUnavailableError(str(exc)) from exc
         except (TelegramAPIError, ClientDecodeError) as exc:
@@ -364,7 +476,7 @@ class StreamingReply:
         self._plain = {index for index in self._plain if index < kept}
         self._refused = {i: refused for i, refused in self._refused.items() if i < kept}
 
-    async def _send(self, content: Rendered) -> None:
+    async def _send(self, content: Rendered, button: bool) -> None:
         first = not self._shown
         reply = (
             ReplyParameters(message_id=self._reply_to, allow_sending_without_reply=True)
@@ -379,13 +491,15 @@ class StreamingReply:
             message_thread_id=self._thread_id,
             link_preview_options=NO_PREVIEW,
             parse_mode=None,
+            reply_markup=self._markup if button else None,
         )
-        self._shown.append(_Shown(message.message_id, content))
+        self._shown.append(_Shown(message.message_id, content, button))
         await self._progressed()
 
-    async def _edit(self, index: int, content: Rendered) -> None:
+    async def _edit(self, index: int, content: Rendered, button: bool) -> None:
         shown = self._shown[index]
         self.edits += 1  # the metrics' edits per answer
+        # Without reply_markup an edit takes the keyboard off: the final edit does.
         await self._bot.edit_message_text(
             text=content.text,
             chat_id=self._chat_id,
@@ -393,8 +507,9 @@ class StreamingReply:
             entities=content.aiogram_entities(),
             link_preview_options=NO_PREVIEW,
             parse_mode=None,
+            reply_markup=self._markup if button else None,
         )
-        shown.content = content
+        shown.content, shown.button = content, button
         await self._progressed()
 
     async def _progressed(self) -> None:
@@ -402,7 +517,8 @@ class StreamingReply:
             ids = tuple(shown.message_id for shown in self._shown)
             await self._on_progress(ids, self.markdown, self._shown[-1].content)
 
-    def _bad_request(self, index: int, content: Rendered, description: str) -> bool:
+    def _bad_request(self, step: _Step, description: str) -> bool:
+        index, content = step.index, step.content
         if any(marker in description for marker in _NO_RIGHTS):
             raise NoRightsError(description)
         if any(marker in description for marker in _TOPIC_GONE):
@@ -416,7 +532,7 @@ class StreamingReply:
         if index < len(self._shown):
             shown = self._shown[index]
             if "message is not modified" in description:
-                shown.content = content
+                shown.content, shown.button = content, step.button
                 return True
             if "message to edit not found" in description or "can't be edited" in description:
                 log.info("message %s in chat %s is gone", shown.message_id, self._chat_id)

@@ -99,6 +99,7 @@ __all__ = [
     "NO_RIGHTS",
     "TOPIC_CLOSED",
     "Call",
+    "Draft",
     "FakeTelegram",
     "StoredMessage",
 ]
@@ -145,10 +146,11 @@ _METHODS: Final[dict[str, str]] = {
         "getMyCommands",
         "getChat",
         "answerCallbackQuery",
+        "sendMessageDraft",
     )
 }
 # methods that create or edit messages: these count against the rate limits
-_RATE_LIMITED: Final = frozenset({"sendMessage", "editMessageText"})
+_RATE_LIMITED: Final = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 
 _JSON_FIELDS: Final = frozenset(
     {
@@ -173,6 +175,7 @@ _INT_FIELDS: Final = frozenset(
         "timeout",
         "user_id",
         "cache_time",
+        "draft_id",
     }
 )
 _BOOL_FIELDS: Final = frozenset(
@@ -184,6 +187,8 @@ _BOOL_FIELDS: Final = frozenset(
         "drop_pending_updates",
         "disable_web_page_preview",
         "show_alert",
+        "can_stop",
+        "keep_on_stop",
     }
 )
 
@@ -212,6 +217,7 @@ _ALL_UPDATE_TYPES: Final = frozenset(
         "chat_join_request",
         "chat_boost",
         "removed_chat_boost",
+        "stopped_message_generation",
     }
 )
 _DEFAULT_UPDATE_TYPES: Final = _ALL_UPDATE_TYPES - {
@@ -285,6 +291,19 @@ class StoredMessage:
     """The inline keyboard attached to the message, if any."""
     raw: dict[str, Any] = field(default_factory=dict)
     """The Message object as Telegram would return it now (without ``reply_to_message``)."""
+
+
+@dataclass
+class Draft:
+    """One accepted ``sendMessageDraft`` (a streamed preview, not a message)."""
+
+    chat_id: int
+    draft_id: int
+    text: str
+    entities: list[dict[str, Any]]
+    can_stop: bool
+    at: float
+    """Fake-clock time, in fake seconds."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1130,6 +1149,10 @@ class FakeTelegram:
         self.commands: dict[str, list[dict[str, Any]]] = {}
         self.dropped_updates: list[dict[str, Any]] = []
         """Updates not queued because of the bot's ``allowed_updates``."""
+        self.drafts: list[Draft] = []
+        """Accepted drafts, in order."""
+        self.callback_answers: dict[str, dict[str, Any]] = {}
+        """``answerCallbackQuery`` parameters by query id."""
         # state
         self._t0 = time.monotonic()
         self._users: dict[int, dict[str, Any]] = {}
@@ -1162,6 +1185,7 @@ class FakeTelegram:
         self._deliverer: asyncio.Task[None] | None = None
         self._delivery_wake = asyncio.Event()
         self._client: Any = None
+        self._callback_ids = itertools.count(7_000_000_001)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -1449,6 +1473,40 @@ class FakeTelegram:
                 raw["reply_to_message"] = dict(target.raw)
         self.push_update({"edited_message": raw})
         return raw
+
+    def press_button(
+        self,
+        user: dict[str, Any],
+        chat_id: int,
+        message_id: int,
+        data: str | None = None,
+    ) -> str:
+        """``user`` presses an inline button of the bot's message: queues a ``callback_query``
+        update and returns its id. ``data`` defaults to the first button's ``callback_data``;
+        pass any string to forge one. Pressing requires the keyboard to be there."""
+        message = self._live_message(chat_id, message_id)
+        if message is None or not message.from_bot:
+            raise ValueError(f"no bot message {message_id} in chat {chat_id}")
+        if data is None:
+            if message.reply_markup is None:
+                raise ValueError("the message has no inline keyboard to press")
+            data = str(message.reply_markup["inline_keyboard"][0][0]["callback_data"])
+        self._users.setdefault(user["id"], dict(user))
+        query_id = str(next(self._callback_ids))
+        query = {
+            "id": query_id,
+            "from": dict(user),
+            "message": self._with_reply(message),
+            "chat_instance": str(abs(chat_id) * 7 + 1),
+            "data": data,
+        }
+        self.push_update({"callback_query": query})
+        return query_id
+
+    def stop_generation(self, chat_id: int, draft_id: int) -> None:
+        """The user pressed a draft's stop button: queues ``stopped_message_generation``."""
+        chat = self._chats[chat_id]
+        self.push_update({"stopped_message_generation": {"chat": dict(chat), "draft_id": draft_id}})
 
     def _service_message(
         self, chat: dict[str, Any], user: dict[str, Any] | None, fields: dict[str, Any]
@@ -2277,8 +2335,34 @@ class FakeTelegram:
         return chat
 
     def _m_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
-        if not params.get("callback_query_id"):
+        query_id = params.get("callback_query_id")
+        if not query_id or query_id in self.callback_answers:
             raise _bad("query is too old and response timeout expired or query ID is invalid")
+        text = params.get("text")
+        if text is not None and len(str(text)) > 200:
+            raise _bad("MESSAGE_TOO_LONG")
+        self.callback_answers[str(query_id)] = dict(params)
+        return True
+
+    def _m_sendMessageDraft(self, params: dict[str, Any]) -> bool:
+        """Telegram's rules: private chats only, a non-zero ``draft_id``, 0-4096 characters
+        (an empty text shows "Thinking…"), counted in the chat's (and the bot's) budget."""
+        chat = self._chat(params)
+        chat_id: int = chat["id"]
+        if chat["type"] != "private":
+            raise _bad("TEXTDRAFT_PEER_INVALID")
+        draft_id = params.get("draft_id")
+        if not _is_int(draft_id) or draft_id == 0:
+            raise _bad("TEXTDRAFT_ID_INVALID")
+        self._check_blocked(chat)
+        if params.get("text") in (None, ""):
+            text, entities = "", []
+        else:
+            text, entities = self._formatted(params)
+        self._rate_check(chat_id)
+        self.drafts.append(
+            Draft(chat_id, draft_id, text, entities, bool(params.get("can_stop")), self.now())
+        )
         return True
 
 

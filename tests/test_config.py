@@ -462,8 +462,6 @@ PLANNED = frozenset(
     {
         "GROUP_MAX_CONCURRENT",
         "MERGE_WINDOW",
-        "STREAM_MODE",
-        "DRAFT_INTERVAL",
         "DEFAULT_LANGUAGE",
         "LLM_PROVIDERS",
         "OPENAI_BASE_URL",
@@ -497,3 +495,14 @@ def test_env_example_copied_as_is_gives_the_defaults(tmp_path: Path) -> None:
     text = ENV_EXAMPLE.read_text(encoding="utf-8").replace("BOT_TOKEN=\n", f"BOT_TOKEN={TOKEN}\n")
     (tmp_path / ".env").write_text(text, encoding="utf-8")
     assert load_settings() == Settings(_env_file=None, bot_token=TOKEN)
+
+
+def test_stream_mode_and_draft_interval(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    assert load_settings().stream_mode == "edit"
+    monkeypatch.setenv("STREAM_MODE", " Draft ")
+    monkeypatch.setenv("DRAFT_INTERVAL", "0.5")
+    settings = load_settings()
+    assert (settings.stream_mode, settings.draft_interval) == ("draft", 0.5)
+    assert config_error(monkeypatch, STREAM_MODE="drafts").startswith("STREAM_MODE:")
+    monkeypatch.setenv("STREAM_MODE", "edit")
+    assert config_error(monkeypatch, DRAFT_INTERVAL="0").startswith("DRAFT_INTERVAL:")

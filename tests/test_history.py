@@ -450,3 +450,23 @@ async def test_pop_answer_finds_the_answer_to_an_askers_last_question(
     await store.append(CHAT, ann_q3)
     assert await store.pop_answer(CHAT, 1) is None  # Ann's last question is not answered yet
     assert await store.load(CHAT) == [ann_q, bob_q, to_ann, ann_q3]
+
+
+async def test_replace_question_swaps_the_askers_last_question_and_drops_its_answer(
+    make_store: StoreFactory,
+) -> None:
+    """An edited prompt: its new text takes the old one's place, its answer goes."""
+    store = make_store()
+    ann_q, bob_q = turn("user", "Ann: q1", 1), turn("user", "Bob: q2", 2)
+    to_bob, to_ann = turn("assistant", "to Bob", 2), turn("assistant", "to Ann", 1)
+    await store.append(CHAT, ann_q, bob_q, to_ann, to_bob)
+    edited = turn("user", "Ann: q1 edited", 1)
+    assert await store.replace_question(CHAT, edited) == [edited]  # the new prompt's context
+    assert await store.load(CHAT) == [edited, bob_q, to_bob]
+    bob_edited = turn("user", "Bob: q2 edited", 2)
+    assert await store.replace_question(CHAT, bob_edited) == [edited, bob_edited]
+    assert await store.load(CHAT) == [edited, bob_edited]
+    # no question of this asker: appended
+    cid_q = turn("user", "Cid: q3", 3)
+    assert await store.replace_question(CHAT, cid_q) == [edited, bob_edited, cid_q]
+    assert await store.replace_question(ConversationKey(43), cid_q) == [cid_q]

@@ -1,7 +1,7 @@
 """One bot-wide priority queue for every call that counts against Telegram's limits.
 
-Every ``sendMessage``/``editMessageText`` first gets a slot here. Waiting calls are
-ordered by priority (:class:`~bot.delivery.budgets.Priority`: answers, then
+Every ``sendMessage``/``editMessageText``/``sendMessageDraft`` first gets a slot
+here. Waiting calls are ordered by priority (:class:`~bot.delivery.budgets.Priority`: answers, then
 chatter, then intermediate edits), then by arrival. One task hands out the slots:
 it asks the budgets (:mod:`bot.delivery.budgets`, in this process or in Redis)
 whether the best waiting call may go, and
@@ -34,7 +34,7 @@ from typing import Final
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.exceptions import TelegramRetryAfter
-from aiogram.methods import EditMessageText, SendMessage, TelegramMethod
+from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
 from .budgets import Budgets, Priority, Scope
@@ -313,7 +313,8 @@ class Scheduler:
                     timer.cancel()
 
 
-PACED_METHODS: Final = (SendMessage, EditMessageText)
+# Drafts count against the chat's flood limits like messages do.
+PACED_METHODS: Final = (SendMessage, EditMessageText, SendMessageDraft)
 
 
 class RateLimitMiddleware(BaseRequestMiddleware):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from bot.handlers import admin, chat, commands, errors, group, migration, rights
+from bot.handlers import admin, chat, commands, edits, errors, group, migration, rights, stop
 
 __all__ = ["routers"]
 
@@ -17,6 +17,8 @@ def routers(*, admin_ids: frozenset[int]) -> list[Router]:
         rights.create_router(),
         admin.create_router(admin_ids),
         commands.create_router(),
+        stop.create_router(),
+        edits.create_router(),
         chat.create_router(),
         group.create_router(),
     ]

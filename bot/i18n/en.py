@@ -89,6 +89,7 @@ EN = Texts(
     stop_button="⏹ Stop",
     stop_not_yours="Only the person who asked can stop this answer",
     stop_stale="This answer has already ended",
+    stop_done="Stopped.",
     cmd_token="Admin: the shared GPTalk token's state",
     cmd_reset_token="Admin: force a fresh GPTalk login",
     cmd_stats="Admin: usage counters",

@@ -79,6 +79,7 @@ class Texts:
     stop_button: str
     stop_not_yours: str
     stop_stale: str
+    stop_done: str
 
     # --- admins -----------------------------------------------------------------------------
     cmd_token: str

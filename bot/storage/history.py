@@ -46,6 +46,12 @@ class HistoryStore(Protocol):
         after it (for /retry); ``None`` means anyone's (the last question's)."""
         ...
 
+    async def replace_question(self, conversation: ConversationKey, turn: Turn) -> list[Turn]:
+        """Put ``turn`` in place of its asker's last question and drop the answer to
+        it (an edited prompt), atomically; return the conversation up to the new
+        question. With no question of that asker, ``turn`` is appended."""
+        ...
+
     async def clear(self, conversation: ConversationKey) -> None: ...
 
     async def move(self, old: ConversationKey, new: ConversationKey) -> None:
@@ -103,6 +109,20 @@ class MemoryHistoryStore:
         self._put(conversation, messages)
         return answer
 
+    async def replace_question(self, conversation: ConversationKey, turn: Turn) -> list[Turn]:
+        messages = self._get(conversation)
+        asker = turn.get("asker")
+        question = question_index(messages, asker)
+        if question is None:
+            await self.append(conversation, turn)
+            return await self.load(conversation)
+        answer = answer_index(messages, asker)
+        if answer is not None:
+            del messages[answer]
+        messages[question] = _copy(turn)
+        self._put(conversation, messages)
+        return [_copy(m) for m in messages[: question + 1]]
+
     async def clear(self, conversation: ConversationKey) -> None:
         self._data.pop(conversation)
 
@@ -154,6 +174,40 @@ return false
 """
 
 
+# KEYS[1] = history list; ARGV = max_messages, ttl, asker ('' = anyone), turn JSON.
+# Puts the turn in place of the asker's last question, removes the answer to it (see
+# answer_index), returns the list up to the new question; appends without a question.
+_REPLACE_QUESTION: Final = """
+local turns = redis.call('LRANGE', KEYS[1], 0, -1)
+local asker = ARGV[3]
+local function mine(turn)
+  return asker == '' or turn['asker'] == nil or tostring(turn['asker']) == asker
+end
+local question = nil
+for i = #turns, 1, -1 do
+  local turn = cjson.decode(turns[i])
+  if turn['role'] == 'user' and mine(turn) then question = i break end
+end
+if not question then
+  redis.call('RPUSH', KEYS[1], ARGV[4])
+  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return redis.call('LRANGE', KEYS[1], 0, -1)
+end
+for i = #turns, question + 1, -1 do
+  local turn = cjson.decode(turns[i])
+  if turn['role'] == 'assistant' and mine(turn) then
+    redis.call('LSET', KEYS[1], i - 1, '__removed__')
+    redis.call('LREM', KEYS[1], 1, '__removed__')
+    break
+  end
+end
+redis.call('LSET', KEYS[1], question - 1, ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('LRANGE', KEYS[1], 0, question - 1)
+"""
+
+
 # KEYS[1] = old list, KEYS[2] = new list; ARGV = max_messages, ttl.
 _MOVE: Final = """
 if KEYS[1] == KEYS[2] or redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -184,6 +238,7 @@ class RedisHistoryStore:
         self._append = redis.register_script(_APPEND)
         self._pop_answer = redis.register_script(_POP_ANSWER)
         self._move = redis.register_script(_MOVE)
+        self._replace_question = redis.register_script(_REPLACE_QUESTION)
 
     async def load(self, conversation: ConversationKey) -> list[Turn]:
         raw: Sequence[bytes | str] = await self._redis.lrange(
@@ -206,6 +261,14 @@ class RedisHistoryStore:
         )
         return _decode(raw) if raw else None
 
+    async def replace_question(self, conversation: ConversationKey, turn: Turn) -> list[Turn]:
+        asker = turn.get("asker")
+        raw: Sequence[bytes | str] = await self._replace_question(
+            keys=[self._keys.history(conversation)],
+            args=[self._max, self._ttl, "" if asker is None else asker, _encode(turn)],
+        )
+        return [_decode(item) for item in raw]
+
     async def clear(self, conversation: ConversationKey) -> None:
         await self._redis.delete(self._keys.history(conversation))
 
@@ -215,25 +278,35 @@ class RedisHistoryStore:
         )
 
 
+def question_index(turns: Sequence[Turn], asker: int | None) -> int | None:
+    """Where ``asker``'s last question is, if anywhere (``None``: anyone's). Turns
+    without an asker (history from before askers were kept) count as anyone's."""
+    return next(
+        (
+            i
+            for i in range(len(turns) - 1, -1, -1)
+            if turns[i]["role"] == "user" and _mine(turns[i], asker)
+        ),
+        None,
+    )
+
+
+def _mine(turn: Turn, asker: int | None) -> bool:
+    return asker is None or turn.get("asker", asker) == asker
+
+
 def answer_index(turns: Sequence[Turn], asker: int | None) -> int | None:
     """Where the answer to ``asker``'s last question is (after that question), if
     anywhere. Turns without an asker (history from before askers were kept) count as
     anyone's."""
-
-    def mine(turn: Turn) -> bool:
-        return asker is None or turn.get("asker", asker) == asker
-
-    question = next(
-        (i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "user" and mine(turns[i])),
-        None,
-    )
+    question = question_index(turns, asker)
     if question is None:
         return None
     return next(
         (
             i
             for i in range(len(turns) - 1, question, -1)
-            if turns[i]["role"] == "assistant" and mine(turns[i])
+            if turns[i]["role"] == "assistant" and _mine(turns[i], asker)
         ),
         None,
     )
