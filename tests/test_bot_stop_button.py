@@ -11,7 +11,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.delivery.budgets import TelegramLimits
-from bot.handlers.stop import ENDED, NOT_YOURS, STOP_BUTTON, STOPPING
+from bot.i18n.en import EN
+
+ENDED, NOT_YOURS, STOP_BUTTON, STOPPING = (
+    EN.stop_stale,
+    EN.stop_not_yours,
+    EN.stop_button,
+    EN.stop_done,
+)
 from bot.render import render
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
@@ -19,6 +26,8 @@ from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 
 SCALE = 0.1
+ENDED, NOT_YOURS = EN.stop_stale, EN.stop_not_yours
+STOP_BUTTON, STOPPING = EN.stop_button, EN.stop_done
 GROUP_ID = -100123
 BOT = "@gptalk_test_bot"
 
