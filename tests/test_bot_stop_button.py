@@ -12,13 +12,6 @@ import redis.asyncio as aioredis
 
 from bot.delivery.budgets import TelegramLimits
 from bot.i18n.en import EN
-
-ENDED, NOT_YOURS, STOP_BUTTON, STOPPING = (
-    EN.stop_stale,
-    EN.stop_not_yours,
-    EN.stop_button,
-    EN.stop_done,
-)
 from bot.render import render
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
