@@ -59,7 +59,7 @@ def create_dispatcher(
     # Access first: strangers get the same refusal whatever the age of their message.
     dp.message.outer_middleware(AccessMiddleware(allowed_user_ids, admin_ids))
     dp.message.outer_middleware(StaleMessageMiddleware(max_message_age))
-    dp.message.outer_middleware(ConversationMiddleware())
+    dp.message.outer_middleware(ConversationMiddleware(answerer.arrivals))
     # Innermost: it needs the conversation, and sees messages in arrival order.
     dp.message.outer_middleware(PasteOrderMiddleware())
     dp.include_routers(*routers(admin_ids=admin_ids))

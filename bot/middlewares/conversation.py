@@ -8,6 +8,8 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import Message, TelegramObject
 
+from bot.answering import asker_of
+from bot.conversation.arrivals import Arrivals
 from bot.storage.keys import ConversationKey
 
 __all__ = ["ConversationMiddleware", "conversation_of"]
@@ -20,7 +22,12 @@ def conversation_of(message: Message) -> ConversationKey:
 
 
 class ConversationMiddleware(BaseMiddleware):
-    """Puts ``conversation: ConversationKey`` into the handler data of messages."""
+    """Puts ``conversation: ConversationKey`` into the handler data of messages, and
+    registers each message's arrival (in the dispatcher's order, per conversation and
+    asker) until its handling ends."""
+
+    def __init__(self, arrivals: Arrivals[tuple[ConversationKey, int]]) -> None:
+        self._arrivals = arrivals
 
     async def __call__(
         self,
@@ -28,6 +35,12 @@ class ConversationMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        if isinstance(event, Message):
-            data["conversation"] = conversation_of(event)
-        return await handler(event, data)
+        if not isinstance(event, Message):
+            return await handler(event, data)
+        conversation = data["conversation"] = conversation_of(event)
+        key = (conversation, asker_of(event))
+        self._arrivals.arrive(key, event.message_id)
+        try:
+            return await handler(event, data)
+        finally:
+            self._arrivals.leave(key, event.message_id)
