@@ -162,10 +162,12 @@ def test_passed_variables_are_spelled_as_documented(compose: dict[str, Any]) -> 
     assert sorted(passed) == sorted(env_example_names()), (
         "docker-compose.yml should pass exactly the variables of .env.example"
     )
-    # JOURNAL_LEASE is test-only (README): a deployment has no reason to set it.
+    # JOURNAL_LEASE and TELEGRAM_TIME_SCALE are test-only (README): a deployment has
+    # no reason to set them.
     settings = {name.upper() for name in Settings.model_fields} - {
         "HEARTBEAT_FILE",
         "JOURNAL_LEASE",
+        "TELEGRAM_TIME_SCALE",
     }
     assert settings <= passed.keys(), f"not passed to the container: {settings - passed.keys()}"
     assert "HEARTBEAT_FILE" not in passed, "the image sets it; an empty value would override it"

@@ -18,6 +18,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Message as TgMessage
 from aiogram.types import TelegramObject
 
+from bot.i18n.en import EN
 from bot.middlewares.stale import StaleMessageMiddleware
 from bot.storage.expiry import ExpiringMap
 from bot.storage.history import MemoryHistoryStore
@@ -215,14 +216,14 @@ async def test_stale_notices_are_remembered_only_for_max_age(
     largest = 0
     for user_id in range(1, 1001):
         clock.now += 1
-        await stale(handler, old_message(user_id), {})
+        await stale(handler, old_message(user_id), {"texts": EN})
         largest = max(largest, len(stale._told))
     assert handled == []
     assert len(tg.bot_messages(1)) == 1  # each chat was told once
     assert largest <= 61
     # The same chat's backlog is told once per max_age, not once per message.
-    await stale(handler, old_message(1000), {})
+    await stale(handler, old_message(1000), {"texts": EN})
     assert len(tg.bot_messages(1000)) == 1
     clock.now += 60
-    await stale(handler, old_message(1000), {})
+    await stale(handler, old_message(1000), {"texts": EN})
     assert len(tg.bot_messages(1000)) == 2
