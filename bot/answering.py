@@ -1,7 +1,8 @@
-"""Answering prompts: history in, streamed reply out, one at a time per conversation.
+"""Answering prompts: history in, streamed reply out, in each conversation's order.
 
-:class:`Answerer` ties the pieces together for a handler: it keeps each
-conversation's line (FIFO, at most ``max_waiting`` waiting), loads the history,
+:class:`Answerer` ties the pieces together for a handler: it takes a place in the
+conversation's line (one answer at a time in a private chat, several askers at once
+in a group; bot/conversation/), loads the history,
 builds the prompt within ``prompt_max_chars``, streams the provider's answer
 through a :class:`~bot.streaming.StreamingReply`, and records the answer —
 including its marker when it was stopped or interrupted, so the model later sees
@@ -201,9 +202,6 @@ class Answerer:
     @property
     def active(self) -> int:
         return sum(len(running) for running in self._running.values())
-
-    def active_in(self, conversation: ConversationKey) -> int:
-        return len(self._running.get(conversation, ()))
 
     async def waiting_in(self, conversation: ConversationKey) -> int:
         """Prompts waiting in the conversation, in every replica."""
