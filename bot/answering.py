@@ -37,7 +37,7 @@ from .delivery.scheduler import Scheduler
 from .i18n import Texts
 from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
-from .storage.history import HistoryStore, Turn
+from .storage.history import HistoryStore, Turn, question_index
 from .storage.keys import ConversationKey
 from .storage.stats import MemoryStats, Stats
 from .storage.user_limits import Decision, UserLimits, Verdict
@@ -472,14 +472,7 @@ class Answerer:
         if user_turn is None:  # /retry: the asker's own last question
             await self.history.pop_answer(conversation, asker)
             turns = await self.history.load(conversation)
-            question = next(
-                (
-                    i
-                    for i in range(len(turns) - 1, -1, -1)
-                    if turns[i]["role"] == "user" and turns[i].get("asker", asker) == asker
-                ),
-                None,
-            )
+            question = question_index(turns, asker)
             if question is None:
                 await message.reply(texts.nothing_to_retry)
                 return

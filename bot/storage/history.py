@@ -147,11 +147,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]
 return redis.call('LLEN', KEYS[1])
 """
 
-# KEYS[1] = history list; ARGV = ttl, asker ('' = anyone). Removes the answer to the
-# asker's last question (see answer_index), by position.
-_POP_ANSWER: Final = """
+
+def _find_question(*, asker_arg: int) -> str:
+    """Lua prelude (the twin of :func:`question_index`): ``turns`` is the list,
+    ``mine(turn)`` tells the asker's turns (ARGV[asker_arg]; '' = anyone's), and
+    ``question`` is the index of the asker's last question (nil: none)."""
+    return f"""
 local turns = redis.call('LRANGE', KEYS[1], 0, -1)
-local asker = ARGV[2]
+local asker = ARGV[{asker_arg}]
 local function mine(turn)
   return asker == '' or turn['asker'] == nil or tostring(turn['asker']) == asker
 end
@@ -160,6 +163,14 @@ for i = #turns, 1, -1 do
   local turn = cjson.decode(turns[i])
   if turn['role'] == 'user' and mine(turn) then question = i break end
 end
+"""
+
+
+# KEYS[1] = history list; ARGV = ttl, asker ('' = anyone). Removes the answer to the
+# asker's last question (see answer_index), by position.
+_POP_ANSWER: Final = (
+    _find_question(asker_arg=2)
+    + """
 if not question then return false end
 for i = #turns, question + 1, -1 do
   local turn = cjson.decode(turns[i])
@@ -172,22 +183,15 @@ for i = #turns, question + 1, -1 do
 end
 return false
 """
+)
 
 
 # KEYS[1] = history list; ARGV = max_messages, ttl, asker ('' = anyone), turn JSON.
 # Puts the turn in place of the asker's last question, removes the answer to it (see
 # answer_index), returns the list up to the new question; appends without a question.
-_REPLACE_QUESTION: Final = """
-local turns = redis.call('LRANGE', KEYS[1], 0, -1)
-local asker = ARGV[3]
-local function mine(turn)
-  return asker == '' or turn['asker'] == nil or tostring(turn['asker']) == asker
-end
-local question = nil
-for i = #turns, 1, -1 do
-  local turn = cjson.decode(turns[i])
-  if turn['role'] == 'user' and mine(turn) then question = i break end
-end
+_REPLACE_QUESTION: Final = (
+    _find_question(asker_arg=3)
+    + """
 if not question then
   redis.call('RPUSH', KEYS[1], ARGV[4])
   redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
@@ -206,6 +210,7 @@ redis.call('LSET', KEYS[1], question - 1, ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return redis.call('LRANGE', KEYS[1], 0, question - 1)
 """
+)
 
 
 # KEYS[1] = old list, KEYS[2] = new list; ARGV = max_messages, ttl.
