@@ -136,9 +136,12 @@ class LagSampler:
 
 
 class TimedTracker(UpdateTracker):
-    def __init__(self) -> None:
+    """The harness's tracker, also noting when each update was fully handled."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.finished_at: dict[int, float] = {}
+        self._clock = clock
 
     async def __call__(
         self,
@@ -150,7 +153,7 @@ class TimedTracker(UpdateTracker):
             return await super().__call__(handler, event, data)
         finally:
             if isinstance(event, Update):
-                self.finished_at[event.update_id] = time.monotonic()
+                self.finished_at[event.update_id] = self._clock()
 
 
 @dataclass

@@ -30,12 +30,11 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_sync
-from aiogram.types import TelegramObject, Update
 from pydantic._internal import _generics as pydantic_generics
 
 from bench import _flat
@@ -48,34 +47,14 @@ from bench._common import (
     process_cpu_seconds,
     table,
 )
+from bench._flat import TimedTracker
 from bot.render import render, split
-from tests.bot_harness import BotHarness, UpdateTracker
+from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 
 USER_ID_BASE = 100_000
 _QUESTION = re.compile(r"bench question (\d+)")
-
-
-class TimedTracker(UpdateTracker):
-    """The harness's tracker, also noting when each update was fully handled."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self.finished_at: dict[int, float] = {}
-        self._clock = clock
-
-    async def __call__(
-        self,
-        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
-        event: TelegramObject,
-        data: dict[str, Any],
-    ) -> Any:
-        try:
-            return await super().__call__(handler, event, data)
-        finally:
-            if isinstance(event, Update):
-                self.finished_at[event.update_id] = self._clock()
 
 
 class LogCounter(logging.Handler):
