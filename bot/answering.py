@@ -177,9 +177,9 @@ class Answerer:
     stop_button: StopButton | None = None  # None: answers stream without a Stop button
     stream_mode: str = "edit"  # STREAM_MODE: "draft" streams private chats as drafts
     draft_interval: float = 1.0  # DRAFT_INTERVAL
-    # Each asker's messages in arrival order, up to their place in the line (the
+    # A conversation's messages in arrival order, up to their place in the line (the
     # dispatcher's conversation middleware registers them).
-    arrivals: Arrivals[tuple[ConversationKey, int]] = field(init=False, default_factory=Arrivals)
+    arrivals: Arrivals[ConversationKey] = field(init=False, default_factory=Arrivals)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
@@ -390,7 +390,7 @@ class Answerer:
         # The gate keeps a conversation's prompts in arrival order through the
         # rate-limit check, up to taking a place in the line. Notices go out after
         # it: one user's notice must not hold up the others' prompts.
-        await self.arrivals.turn((conversation, asker), message.message_id)
+        await self.arrivals.turn(conversation, message.message_id)
         async with self._gate.hold(conversation):
             decision = await self._rate_limit(message)
             allowed = decision is None or decision.verdict is Verdict.ALLOW
@@ -399,7 +399,7 @@ class Answerer:
                 if allowed
                 else None
             )
-        self.arrivals.leave((conversation, asker), message.message_id)  # in line: next may go
+        self.arrivals.leave(conversation, message.message_id)  # in line: later ones may go
         if decision is not None and decision.verdict is Verdict.NOTIFY:
             seconds = max(1, round(decision.retry_in))
             await message.reply(texts.slow_down.format(seconds=seconds))

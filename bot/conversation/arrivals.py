@@ -1,12 +1,13 @@
-"""Arrival order of one asker's messages in a conversation, kept through the awaits
-between a message's arrival and its place in the conversation's line.
+"""Arrival order of a conversation's messages, kept through the awaits between a
+message's arrival and its place in the conversation's line.
 
 A message is registered when it arrives (synchronously, in the dispatcher's order)
 and leaves once it has its place in the line, or once its handling ends. A prompt
 waits for the earlier messages of its conversation to leave first, so that an await
 on the way (a Redis round trip in the paste merger, the rate limit) cannot let a
-later message overtake an earlier one. Other askers are not held up: their order
-between each other is the line's (by message id).
+later message overtake an earlier one (nor a later asker take the last free place
+of a group's line). A first piece of a split paste leaves at once: it waits for
+the rest of the paste, and takes its place when the paste is complete.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from aiogram.types import Message
 from bot.addressing import user_turn
 from bot.answering import Answerer
 from bot.i18n import Texts
-from bot.paste_merger import PasteKey, PasteMerger, sender_of
+from bot.paste_merger import PasteKey, PasteMerger, near_limit, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["ask"]
@@ -24,6 +24,11 @@ async def ask(
     prompt: str,
     texts: Texts,
 ) -> None:
+    if near_limit(message):
+        # Maybe the first piece of a split paste: it waits for the rest, and must not
+        # hold up later messages of the conversation meanwhile. It takes its place in
+        # the line when the paste is complete.
+        answerer.arrivals.leave(conversation, message.message_id)
     # A piece of a split paste waits for the rest, or joins the paste waiting for it.
     merged = await paste_merger.merge(PasteKey(conversation, sender_of(message)), message, prompt)
     if merged is None:

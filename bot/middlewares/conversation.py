@@ -8,7 +8,6 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import Message, TelegramObject
 
-from bot.answering import asker_of
 from bot.conversation.arrivals import Arrivals
 from bot.storage.keys import ConversationKey
 
@@ -23,10 +22,10 @@ def conversation_of(message: Message) -> ConversationKey:
 
 class ConversationMiddleware(BaseMiddleware):
     """Puts ``conversation: ConversationKey`` into the handler data of messages, and
-    registers each message's arrival (in the dispatcher's order, per conversation and
-    asker) until its handling ends."""
+    registers each message's arrival (in the dispatcher's order) until its handling
+    ends."""
 
-    def __init__(self, arrivals: Arrivals[tuple[ConversationKey, int]]) -> None:
+    def __init__(self, arrivals: Arrivals[ConversationKey]) -> None:
         self._arrivals = arrivals
 
     async def __call__(
@@ -38,9 +37,8 @@ class ConversationMiddleware(BaseMiddleware):
         if not isinstance(event, Message):
             return await handler(event, data)
         conversation = data["conversation"] = conversation_of(event)
-        key = (conversation, asker_of(event))
-        self._arrivals.arrive(key, event.message_id)
+        self._arrivals.arrive(conversation, event.message_id)
         try:
             return await handler(event, data)
         finally:
-            self._arrivals.leave(key, event.message_id)
+            self._arrivals.leave(conversation, event.message_id)
