@@ -29,6 +29,7 @@ from aiogram.methods.base import Response
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bot.answering import Answerer, conversation_limits
@@ -65,6 +66,10 @@ log = logging.getLogger("bot")
 
 TELEGRAM_CONNECTIONS = 512
 REDIS_CONNECTIONS = 64
+# Seconds one Redis command may take. Redis answers in well under a millisecond, so
+# this only ends waits on a hung server: short enough that a prompt arriving during
+# an outage gets its notice within seconds, long enough for a 2 s BLPOP (control.py).
+REDIS_COMMAND_TIMEOUT = 3.0
 
 
 class StartupError(Exception):
@@ -116,12 +121,14 @@ async def connect_redis(url: str) -> Redis:
         # command waits for one (up to `timeout`) instead of failing.
         max_connections=REDIS_CONNECTIONS,
         timeout=5,
-        socket_timeout=5,
-        socket_connect_timeout=5,
+        socket_timeout=REDIS_COMMAND_TIMEOUT,
+        socket_connect_timeout=REDIS_COMMAND_TIMEOUT,
         health_check_interval=30,
-        # One quick retry (a dropped idle connection), not redis-py's default of
-        # ten with backoff, which would stall every command ~4 s when Redis is down.
-        retry=Retry(NoBackoff(), 1),
+        # One quick retry for a dropped idle connection, not redis-py's default of ten
+        # with backoff (~4 s per command when Redis is down), and none after a timeout:
+        # a server that did not answer in time will not answer a retry either, and
+        # retrying would double every wait on the prompt path.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     redis = Redis.from_pool(pool)
     try:
