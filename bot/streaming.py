@@ -289,19 +289,21 @@ class StreamingReply:
                 continue
             if planned.draft and await self._draft_gap():
                 self._plan()  # the stream ended meanwhile: a real message, of higher priority
-            self._pending = self._scheduler.request(self._chat_id, self._priority())
+            slot = self._pending = self._scheduler.request(self._chat_id, self._priority())
             try:
-                await self._scheduler.wait(self._pending)
+                await self._scheduler.wait(slot)
             finally:
                 self._pending = None
-            step = self._plan()  # again: the newest text, now that we have a slot
-            if step is None:
-                continue
             try:
+                step = self._plan()  # again: the newest text, now that we have a slot
+                if step is None:
+                    continue
                 delivered = await self._deliver(step)
             except _UndeliverableError as exc:
                 log.error("Telegram refused the answer in chat %s: %s", self._chat_id, exc)
                 return
+            finally:
+                await self._scheduler.settle(slot)
             if delivered:
                 failing_since, delay = None, self._retry_delay
                 typing.cancel()

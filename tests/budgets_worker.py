@@ -44,6 +44,9 @@ class Recording:
             self.grants.append((self.name, chat_id, int(priority), self.inner.last_grant_at))
         return verdict
 
+    async def settle(self, ticket: str) -> None:
+        await self.inner.settle(ticket)
+
     async def block(self, chat_id: int, seconds: float) -> None:
         await self.inner.block(chat_id, seconds)
 

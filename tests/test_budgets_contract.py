@@ -11,7 +11,16 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from bot.delivery.budgets import Budgets, MemoryBudgets, Priority, Scope, TelegramLimits, Verdict
+from bot.delivery.budgets import (
+    FLIGHT_LAPSE,
+    FLIGHT_RECHECK,
+    Budgets,
+    MemoryBudgets,
+    Priority,
+    Scope,
+    TelegramLimits,
+    Verdict,
+)
 from bot.delivery.redis_budgets import RedisBudgets
 from bot.storage.keys import Keys
 
@@ -56,6 +65,14 @@ def short(verdict: Verdict, scope: Scope, wait: float) -> bool:
     return verdict.scope is scope and verdict.wait == pytest.approx(wait, abs=1e-6)
 
 
+async def called(budgets: Budgets, chat_id: int, priority: Priority = ANSWER) -> Verdict:
+    """A call granted and answered at once (settled at the grant's time)."""
+    verdict = await budgets.take(chat_id, priority)
+    if verdict.ticket is not None:
+        await budgets.settle(verdict.ticket)
+    return verdict
+
+
 async def test_private_chat_token_bucket(make: Make, clock: Clock) -> None:
     budgets = make()
     assert granted(await budgets.take(PRIVATE, ANSWER))
@@ -92,14 +109,48 @@ async def test_bot_wide_window_and_who_is_short(make: Make, clock: Clock) -> Non
     budgets = make()
     start = clock.now
     for chat_id in [10, *range(10, 37)]:  # 28 calls, chat 10's burst spent
-        assert granted(await budgets.take(chat_id, ANSWER))
+        assert granted(await called(budgets, chat_id))
         clock.now += 0.01
-    assert short(await budgets.take(50, ANSWER), Scope.BOT, start + 1.1 - clock.now)
+    assert short(await budgets.take(50, ANSWER), Scope.BOT, start + 1.0 - clock.now)
     # a chat that is short itself is told so first: other chats may still go sooner
     assert short(await budgets.take(10, ANSWER), Scope.CHAT, start + 1.0 - clock.now)
-    clock.now = start + 1.1
-    assert granted(await budgets.take(50, ANSWER))  # the first call left the window
+    clock.now = start + 1.0
+    assert granted(await called(budgets, 50))  # the first call left the window
     assert short(await budgets.take(51, ANSWER), Scope.BOT, 0.01)
+
+
+async def test_a_call_counts_from_its_answer_and_in_flight_till_then(
+    make: Make, clock: Clock
+) -> None:
+    budgets = make(global_limit=3)
+    start = clock.now
+    flying = [await budgets.take(chat_id, ANSWER) for chat_id in (1, 2, 3)]
+    assert all(granted(verdict) and verdict.ticket for verdict in flying)
+    # Only calls in flight fill the window: their answers free it, so look again soon.
+    assert short(await budgets.take(4, ANSWER), Scope.BOT, FLIGHT_RECHECK)
+    clock.now = start + 5  # a stalled loop: the calls left late, answered now
+    tickets = [verdict.ticket or "" for verdict in flying]
+    await budgets.settle(tickets[0])
+    await budgets.settle(tickets[1])
+    assert short(await budgets.take(4, ANSWER), Scope.BOT, 1.0)  # 2 answered + 1 in flight
+    clock.now = start + 5.5
+    await budgets.settle(tickets[0])  # settling again changes nothing
+    await budgets.settle(tickets[2])
+    # Counted from the answers (start + 5), not the grants (start): a full window.
+    assert short(await budgets.take(4, ANSWER), Scope.BOT, 0.5)
+    clock.now = start + 6
+    assert granted(await budgets.take(4, ANSWER))
+    assert granted(await budgets.take(5, ANSWER))
+    assert short(await budgets.take(6, ANSWER), Scope.BOT, 0.5)  # the answer at + 5.5
+    clock.now = start + 6.5
+    assert granted(await budgets.take(6, ANSWER))
+    assert short(await budgets.take(7, ANSWER), Scope.BOT, FLIGHT_RECHECK)
+    # Calls never settled (their process died) count as answered FLIGHT_LAPSE after
+    # their grant: 4 and 5 (granted at + 6) have left the window, 6 (+ 6.5) has not.
+    clock.now = start + 6 + FLIGHT_LAPSE + 1.0
+    assert granted(await budgets.take(7, ANSWER))
+    assert granted(await budgets.take(8, ANSWER))
+    assert short(await budgets.take(9, ANSWER), Scope.BOT, 0.5)
 
 
 async def test_reserves_per_priority_in_a_group(make: Make) -> None:
@@ -175,9 +226,9 @@ async def test_edit_interval_follows_answer_and_edit_calls_not_chatter(
 async def test_a_call_that_is_refused_is_not_counted(make: Make, clock: Clock) -> None:
     budgets = make(global_limit=3)
     for chat_id in (1, 2, 3):
-        assert granted(await budgets.take(chat_id, ANSWER))
+        assert granted(await called(budgets, chat_id))
     for _ in range(5):
         assert (await budgets.take(4, ANSWER)).scope is Scope.BOT
-    clock.now += 1.1
-    assert granted(await budgets.take(4, ANSWER))
-    assert granted(await budgets.take(4, ANSWER))  # its bucket was not drained by refusals
+    clock.now += 1.0
+    assert granted(await called(budgets, 4))
+    assert granted(await called(budgets, 4))  # its bucket was not drained by refusals

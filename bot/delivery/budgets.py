@@ -10,11 +10,20 @@ Telegram's cannot turn a compliant sequence into a 429. :class:`MemoryBudgets`
 keeps the budgets of one process; the Redis backend shares them between replicas.
 Both answer one question, atomically: may this call go now, and if not, how long
 until it may — and is it the chat or the whole bot that is short?
+
+Telegram counts a call when it arrives, some time between our grant and its
+answer; a stalled event loop can hold granted calls back and then send them
+together. So the bot-wide window holds each call from its grant until its answer
+(*in flight*, :meth:`Budgets.settle`) and counts it from the answer on: however
+late the requests leave, no rolling second at Telegram sees more calls than we
+allowed in one.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +32,7 @@ from typing import Final, NamedTuple, Protocol
 
 __all__ = [
     "Budgets",
+    "FlightWindow",
     "MemoryBudgets",
     "Priority",
     "Scope",
@@ -51,9 +61,15 @@ class Scope(enum.Enum):
 class Verdict(NamedTuple):
     wait: float  # 0: the call was counted and may go now; else seconds to wait
     scope: Scope | None = None
+    ticket: str | None = None  # granted: the call, in flight until settled
 
 
-GRANTED: Final = Verdict(0.0)
+# A call never settled (its process died) counts as answered this long after its
+# grant (Telegram seconds): longer than any call takes.
+FLIGHT_LAPSE: Final = 10.0
+# When only calls in flight fill the bot-wide window, their answers free it; the
+# backend cannot know when, so the scheduler looks again after this (Telegram s).
+FLIGHT_RECHECK: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -77,10 +93,11 @@ class TelegramLimits:
     group_window: float = 61.0
     group_reserve_chatter: int = 1
     group_reserve_edit: int = 3
-    # No rolling second may hold more than 30 calls: 28 in any 1.1 s leaves room
-    # for calls that reach Telegram closer together than we sent them.
+    # No rolling second may hold more than 30 calls. Calls are counted from their
+    # answers (see the module docstring), so network delays need no margin here;
+    # two slots are left for Telegram counting a little differently.
     global_limit: int = 28
-    global_window: float = 1.1
+    global_window: float = 1.0
     global_reserve_chatter: int = 2
     global_reserve_edit: int = 6
     edit_interval: float = 1.0
@@ -112,7 +129,13 @@ class Budgets(Protocol):
         ...
 
     async def take(self, chat_id: int, priority: Priority) -> Verdict:
-        """Count one call of ``priority`` in ``chat_id`` if it may go now."""
+        """Count one call of ``priority`` in ``chat_id`` if it may go now; a grant's
+        ticket holds its bot-wide slot until :meth:`settle`."""
+        ...
+
+    async def settle(self, ticket: str) -> None:
+        """Telegram answered the call of ``ticket`` (or it was never made): it counts
+        in the bot-wide window from now on."""
         ...
 
     async def block(self, chat_id: int, seconds: float) -> None:
@@ -168,6 +191,49 @@ class SlidingWindow:
         return not self._calls
 
 
+class FlightWindow:
+    """The bot-wide sliding window, counting calls from their answers (module docstring)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._answered: deque[float] = deque()  # when each call was answered, in order
+        # Tickets in flight, and the time each counts as answered if never settled.
+        self._flying: dict[str, float] = {}
+        self._tickets = itertools.count()
+
+    def __contains__(self, ticket: str) -> bool:
+        return ticket in self._flying
+
+    def _prune(self, now: float) -> None:
+        if self._flying:  # a few entries at most: the window's limit bounds them
+            for ticket in [t for t, lapse in self._flying.items() if lapse <= now]:
+                bisect.insort(self._answered, self._flying.pop(ticket))
+        answered = self._answered
+        while answered and answered[0] <= now - self.window:
+            answered.popleft()
+
+    def wait(self, now: float, need: int) -> float:
+        self._prune(now)
+        need = min(need, self.limit)
+        excess = len(self._answered) + len(self._flying) + need - self.limit
+        if excess <= 0:
+            return 0.0
+        if excess <= len(self._answered):
+            return self._answered[excess - 1] + self.window - now
+        return FLIGHT_RECHECK
+
+    def take(self, now: float) -> str:
+        self._prune(now)
+        ticket = f"local:{next(self._tickets)}"
+        self._flying[ticket] = now + FLIGHT_LAPSE
+        return ticket
+
+    def settle(self, ticket: str, now: float) -> None:
+        if self._flying.pop(ticket, None) is not None:
+            last = self._answered[-1] if self._answered else now
+            self._answered.append(max(now, last))
+
+
 class _Chat:
     __slots__ = ("blocked_until", "budget", "last_answer_call")
 
@@ -190,7 +256,7 @@ class MemoryBudgets:
         base = clock or time.monotonic
         scale = limits.time_scale
         self.now: Clock = (lambda: base() / scale) if scale != 1.0 else base
-        self._global = SlidingWindow(limits.global_limit, limits.global_window)
+        self._global = FlightWindow(limits.global_limit, limits.global_window)
         self._chats: dict[int, _Chat] = {}
         self._created = 0
 
@@ -239,13 +305,24 @@ class MemoryBudgets:
         if wait > 0:
             return Verdict(wait, Scope.BOT)
         chat.budget.take(now)
-        self._global.take(now)
+        ticket = self._global.take(now)
         if priority is not Priority.CHATTER:
             chat.last_answer_call = now
-        return GRANTED
+        return Verdict(0.0, None, ticket)
 
     async def take(self, chat_id: int, priority: Priority) -> Verdict:
         return self.check(chat_id, priority)
+
+    def holds(self, ticket: str) -> bool:
+        """Whether ``ticket`` is one of this object's calls in flight."""
+        return ticket in self._global
+
+    def settle_now(self, ticket: str) -> None:
+        """:meth:`settle`, synchronously."""
+        self._global.settle(ticket, self.now())
+
+    async def settle(self, ticket: str) -> None:
+        self.settle_now(ticket)
 
     def block_now(self, chat_id: int, seconds: float) -> None:
         chat = self._chat(chat_id)

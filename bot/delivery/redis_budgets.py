@@ -4,9 +4,11 @@ Each check-and-take is one Lua script, one round trip: the chat's 429 block, its
 budget (a private chat's token bucket as GCRA, a group's sliding window as a sorted
 set of call times), the edit interval, the bot-wide window and the reserves of each
 priority, with exactly the semantics of :meth:`MemoryBudgets.check
-<bot.delivery.budgets.MemoryBudgets.check>`. Times come from Redis's clock
-(``TIME``), so replicas whose clocks differ still agree; divided by ``time_scale``
-they are Telegram seconds. Every key expires once its state equals a fresh one.
+<bot.delivery.budgets.MemoryBudgets.check>`. In the bot-wide window a call in flight
+has a score in the future (when it lapses); settling it gives it its answer's time.
+Times come from Redis's clock (``TIME``), so replicas whose clocks differ still
+agree; divided by ``time_scale`` they are Telegram seconds. Every key expires once
+its state equals a fresh one.
 
 When Redis fails, the budgets of this process take over (one warning per outage)
 until Redis answers a ping again: Telegram's limits then hold per process only.
@@ -27,7 +29,16 @@ from redis.exceptions import RedisError
 
 from bot.storage.keys import Keys
 
-from .budgets import GRANTED, Clock, MemoryBudgets, Priority, Scope, TelegramLimits, Verdict
+from .budgets import (
+    FLIGHT_LAPSE,
+    FLIGHT_RECHECK,
+    Clock,
+    MemoryBudgets,
+    Priority,
+    Scope,
+    TelegramLimits,
+    Verdict,
+)
 
 __all__ = ["RedisBudgets"]
 
@@ -52,7 +63,8 @@ local function px(seconds) return math.max(1, math.ceil(seconds * scale * 1000))
 # bot-wide window.
 # ARGV[3..]: 'bucket' rate burst | 'window' limit length; the chat's need (1 + its
 # reserve); the edit interval; the call's kind ('answer', 'chatter', 'edit'); the
-# bot-wide limit, window and need; a member unique to this call.
+# bot-wide limit, window and need; a member unique to this call; the lapse of a call
+# in flight; how soon to look again when only calls in flight fill the window.
 # Returns {wait, scope, now}: wait '0' = counted; scope 1 = the chat is short, 2 = the bot.
 _TAKE: Final = (
     _PRELUDE
@@ -60,6 +72,7 @@ _TAKE: Final = (
 local kind, a, b = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local need, interval, call = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local glimit, gwindow, gneed = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local lapse, recheck = tonumber(ARGV[13]), tonumber(ARGV[14])
 local wait = 0
 local blocked = tonumber(redis.call('GET', KEYS[2]))
 if blocked then wait = blocked - now end
@@ -85,8 +98,8 @@ if wait > 0 then return {fmt(wait), 1, fmt(now)} end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - gwindow))
 local excess = redis.call('ZCARD', KEYS[4]) + math.min(gneed, glimit) - glimit
 if excess > 0 then
-  local oldest = redis.call('ZRANGE', KEYS[4], excess - 1, excess - 1, 'WITHSCORES')
-  wait = tonumber(oldest[2]) + gwindow - now
+  local oldest = tonumber(redis.call('ZRANGE', KEYS[4], excess - 1, excess - 1, 'WITHSCORES')[2])
+  if oldest > now then wait = recheck else wait = oldest + gwindow - now end
   if wait > 0 then return {fmt(wait), 2, fmt(now)} end
 end
 if kind == 'bucket' then
@@ -96,8 +109,8 @@ else
   redis.call('ZADD', KEYS[1], fmt(now), ARGV[12])
   redis.call('PEXPIRE', KEYS[1], px(b))
 end
-redis.call('ZADD', KEYS[4], fmt(now), ARGV[12])
-redis.call('PEXPIRE', KEYS[4], px(gwindow))
+redis.call('ZADD', KEYS[4], fmt(now + lapse), ARGV[12])
+redis.call('PEXPIRE', KEYS[4], px(lapse + gwindow))
 if call ~= 'chatter' then
   redis.call('SET', KEYS[3], fmt(now), 'PX', px(interval))
 end
@@ -114,6 +127,16 @@ local old = tonumber(redis.call('GET', KEYS[1]))
 if old and old >= untill then return 0 end
 redis.call('SET', KEYS[1], fmt(untill), 'PX', px(untill - now))
 return 1
+"""
+)
+
+# KEYS: the bot-wide window. ARGV[3]: the call. Only a call still in flight moves.
+_SETTLE: Final = (
+    _PRELUDE
+    + """
+local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[3]))
+if score and score > now then redis.call('ZADD', KEYS[1], fmt(now), ARGV[3]) end
+return 0
 """
 )
 
@@ -146,6 +169,7 @@ class RedisBudgets:
         self._timeout, self._retry_every = timeout, retry_every
         self._take = redis.register_script(_TAKE)
         self._block = redis.register_script(_BLOCK)
+        self._settle = redis.register_script(_SETTLE)
         self.fallback = MemoryBudgets(limits, clock=clock)
         # Window members must be unique across processes and calls.
         self._member_prefix = secrets.token_hex(6)
@@ -176,6 +200,7 @@ class RedisBudgets:
         else:
             budget = keys.telegram_window(chat_id)
             shape = ("window", limits.group_limit, limits.group_window)
+        member = f"{self._member_prefix}:{next(self._members)}"
         args: list[str | float] = [
             self._now_arg(),
             limits.time_scale,
@@ -186,7 +211,9 @@ class RedisBudgets:
             limits.global_limit,
             limits.global_window,
             1 + bot_reserve,
-            f"{self._member_prefix}:{next(self._members)}",
+            member,
+            FLIGHT_LAPSE,
+            FLIGHT_RECHECK,
         ]
         script_keys = [
             budget,
@@ -203,7 +230,22 @@ class RedisBudgets:
         if float(wait) > 0:
             return Verdict(float(wait), _SCOPES[int(scope)])
         self.last_grant_at = float(now)
-        return GRANTED
+        return Verdict(0.0, None, member)
+
+    async def settle(self, ticket: str) -> None:
+        if self.fallback.holds(ticket):  # granted during an outage
+            self.fallback.settle_now(ticket)
+            return
+        if self._probe is not None:
+            return  # it lapses in Redis; this process keeps the limits meanwhile
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._settle(
+                    keys=[self._keys.telegram_bot],
+                    args=[self._now_arg(), self.limits.time_scale, ticket],
+                )
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
 
     async def block(self, chat_id: int, seconds: float) -> None:
         # Kept in this process too: if Redis fails later, the fallback still holds it.

@@ -10,6 +10,9 @@ whether the best waiting call may go, and
 * or parks its chat until the chat's budget allows (other chats go on);
 * or, when the bot-wide budget is short, sleeps on one timer until it is not.
 
+A granted call holds its bot-wide slot *in flight* until the caller settles it
+(:meth:`Scheduler.settle`) once Telegram has answered (see :mod:`bot.delivery.budgets`).
+
 Only the head of each chat (its most urgent call) takes part, so a grant costs
 O(log n) in the number of waiting calls. Stale heap entries (a chat whose head
 changed) are skipped lazily.
@@ -54,7 +57,7 @@ class ChatterDroppedError(Exception):
 class SlotRequest:
     """A call waiting for its slot. ``await request.granted`` resolves on the grant."""
 
-    __slots__ = ("_scheduler", "asked_at", "chat_id", "granted", "priority", "seq")
+    __slots__ = ("_scheduler", "asked_at", "chat_id", "granted", "priority", "seq", "ticket")
 
     def __init__(self, scheduler: Scheduler, chat_id: int, priority: Priority, seq: int) -> None:
         self._scheduler = scheduler
@@ -62,6 +65,7 @@ class SlotRequest:
         loop = asyncio.get_running_loop()
         self.granted: asyncio.Future[None] = loop.create_future()
         self.asked_at = loop.time()
+        self.ticket: str | None = None  # the budgets' handle of the call, once granted
 
     @property
     def done(self) -> bool:
@@ -151,9 +155,23 @@ class Scheduler:
     async def acquire(
         self, chat_id: int, priority: Priority = Priority.ANSWER, *, deadline: float | None = None
     ) -> None:
-        """Wait for a slot and take it; with ``deadline`` (Telegram seconds), give up
-        after it with :class:`ChatterDroppedError`."""
-        await self.wait(self.request(chat_id, priority), deadline=deadline)
+        """Wait for a slot for a call made at once, counted from now on; with
+        ``deadline`` (Telegram seconds), give up after it with
+        :class:`ChatterDroppedError`."""
+        request = self.request(chat_id, priority)
+        await self.wait(request, deadline=deadline)
+        await self.settle(request)
+
+    async def settle(self, request: SlotRequest) -> None:
+        """``request``'s call was answered, failed or not made: its bot-wide slot
+        counts from now on. Idempotent; call it for every granted request."""
+        ticket, request.ticket = request.ticket, None
+        if ticket is None:
+            return
+        await self.budgets.settle(ticket)
+        if self._bot_short[0]:  # the bot-wide budget may have room again
+            self._bot_short = (0.0, Priority.ANSWER)
+            self._wake()
 
     async def wait(self, request: SlotRequest, *, deadline: float | None = None) -> None:
         """Wait until ``request`` is granted (withdrawn if the wait ends otherwise)."""
@@ -171,6 +189,7 @@ class Scheduler:
             raise ChatterDroppedError(f"no slot in chat {chat_id} within {deadline} s") from None
         except BaseException:
             request.cancel()
+            await self.settle(request)  # granted as the wait ended: no call is made
             raise
 
     async def block(self, chat_id: int, seconds: float) -> None:
@@ -285,8 +304,11 @@ class Scheduler:
                         continue
                     if verdict.wait <= 0:
                         self.grants += 1
-                        if head.done:  # withdrawn while we asked: the slot is spent
+                        if head.done:  # withdrawn while we asked: no call is made
+                            if verdict.ticket is not None:
+                                await budgets.settle(verdict.ticket)
                             continue
+                        head.ticket = verdict.ticket
                         head.granted.set_result(None)
                         if self._on_grant is not None:
                             self._on_grant(head.priority, loop.time() - head.asked_at)
@@ -357,9 +379,11 @@ class RateLimitMiddleware(BaseRequestMiddleware):
         priority = _call_priority.get()
         deadline = self._chatter_deadline if priority is Priority.CHATTER else None
         for attempt in itertools.count():
+            slot = None
             if not paced or attempt:
+                slot = scheduler.request(chat_id, priority)
                 try:
-                    await scheduler.acquire(chat_id, priority, deadline=deadline)
+                    await scheduler.wait(slot, deadline=deadline)
                 except ChatterDroppedError:
                     log.info(
                         "dropped a %s to chat %s: no slot in time", type(method).__name__, chat_id
@@ -376,4 +400,7 @@ class RateLimitMiddleware(BaseRequestMiddleware):
                     await self._on_retry_after()
                 if paced or attempt >= self._max_retries:
                     raise
+            finally:
+                if slot is not None:
+                    await scheduler.settle(slot)
         raise AssertionError("unreachable")
