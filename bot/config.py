@@ -29,7 +29,7 @@ from yarl import URL
 from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings", "secrets_of"]
 
 IdSet = Annotated[frozenset[int], NoDecode]
 NameList = Annotated[tuple[str, ...], NoDecode]
@@ -282,3 +282,16 @@ def load_settings(**overrides: Any) -> Settings:
                 message = NO_BOT_TOKEN
             problems.append(f"{name}: {message}")
         raise ConfigError("; ".join(problems)) from None
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """What must never be printed: the bot token (and its secret half on its own),
+    the model service's API key, the webhook secret."""
+    token = settings.bot_token.get_secret_value()
+    webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    return [
+        token,
+        token.partition(":")[2],
+        settings.openai_api_key.get_secret_value(),
+        webhook_secret,
+    ]
