@@ -33,13 +33,14 @@ from bot.transport.webhook import (
     WebhookError,
     run_webhook,
 )
+from gptalk.redis_url import url_secrets
 
 log = logging.getLogger("bot")
 
 
 def secrets_of(settings: Settings) -> list[str]:
     """What must never be printed: the bot token (and its secret half on its own),
-    the model service's API key, the webhook secret."""
+    the model service's API key, the webhook secret, the passwords in REDIS_URL."""
     token = settings.bot_token.get_secret_value()
     webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     return [
@@ -47,6 +48,7 @@ def secrets_of(settings: Settings) -> list[str]:
         token.partition(":")[2],
         settings.openai_api_key.get_secret_value(),
         webhook_secret,
+        *url_secrets(settings.redis_url or ""),
     ]
 
 
