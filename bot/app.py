@@ -26,7 +26,7 @@ from aiogram.methods import (
     SetWebhook,
 )
 from aiogram.methods.base import Response
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,6 +59,7 @@ from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimit
 from bot.transport.health import Health
 from bot.unwritable import Unwritable
 from gptalk import GPTalkClient, MemoryTokenStore, RedisTokenStore, TokenStore
+from gptalk.redis_url import redis_from_url
 
 __all__ = ["Application", "StartupError", "build_application"]
 
@@ -114,8 +115,10 @@ def pin_response_models() -> list[Any]:
 
 async def connect_redis(url: str) -> Redis:
     """A client whose every command is bounded in time, so that a hung or vanished
-    Redis fails fast (answers already streaming finish, new prompts get a notice)."""
-    pool = BlockingConnectionPool.from_url(
+    Redis fails fast (answers already streaming finish, new prompts get a notice).
+    Behind Sentinel it follows the master: after a failover, the next command (or
+    its one retry) connects to the new one."""
+    redis = redis_from_url(
         url,
         # Many answers at once share the pool; when all connections are busy a
         # command waits for one (up to `timeout`) instead of failing.
@@ -130,7 +133,6 @@ async def connect_redis(url: str) -> Redis:
         # retrying would double every wait on the prompt path.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    redis = Redis.from_pool(pool)
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:

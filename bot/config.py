@@ -28,6 +28,7 @@ from yarl import URL
 
 from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
+from gptalk.redis_url import is_sentinel_url, parse_sentinel_url, url_secrets
 
 __all__ = ["ConfigError", "Settings", "load_settings", "secrets_of"]
 
@@ -215,8 +216,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip() or None
+            if value is not None and is_sentinel_url(value):
+                try:
+                    parse_sentinel_url(value)
+                except ValueError as exc:
+                    raise ValueError(f"is not a valid Redis Sentinel URL ({exc})") from None
+                return value
             if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError("must be a redis://, rediss:// or unix:// URL")
+                raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
             if value is not None:
                 try:
                     parse_url(value)  # what the connection pool does later, with a traceback
@@ -286,7 +293,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 def secrets_of(settings: Settings) -> list[str]:
     """What must never be printed: the bot token (and its secret half on its own),
-    the model service's API key, the webhook secret."""
+    the model service's API key, the webhook secret, the passwords in REDIS_URL."""
     token = settings.bot_token.get_secret_value()
     webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     return [
@@ -294,4 +301,5 @@ def secrets_of(settings: Settings) -> list[str]:
         token.partition(":")[2],
         settings.openai_api_key.get_secret_value(),
         webhook_secret,
+        *url_secrets(settings.redis_url or ""),
     ]

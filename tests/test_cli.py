@@ -293,6 +293,7 @@ async def test_invalid_env_value_is_a_usage_error(
     [
         pytest.param(["--redis-url", "not-a-url"], {}, "redis", id="option"),
         pytest.param([], {"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL", id="env"),
+        pytest.param([], {"REDIS_URL": "redis+sentinel://h1:26379"}, "REDIS_URL", id="sentinel"),
     ],
 )
 async def test_malformed_redis_url_is_a_usage_error(

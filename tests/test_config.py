@@ -368,7 +368,13 @@ def test_bad_url_names_the_variable(
 
 
 @pytest.mark.parametrize(
-    "value", ["redis://localhost:6379/0", "rediss://user:pw@host:6380", "unix:///tmp/r.sock"]
+    "value",
+    [
+        "redis://localhost:6379/0",
+        "rediss://user:pw@host:6380",
+        "unix:///tmp/r.sock",
+        "redis+sentinel://:pw@h1:26379,h2:26379/mymaster/1?sentinel_password=sp",
+    ],
 )
 def test_redis_urls_accepted(monkeypatch: pytest.MonkeyPatch, token: str, value: str) -> None:
     monkeypatch.setenv("REDIS_URL", value)

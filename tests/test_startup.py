@@ -108,6 +108,7 @@ async def test_unusable_bot_api_is_one_line_naming_the_variable_without_the_toke
         ("REDIS_URL", "redis://[::1"),
         ("REDIS_URL", "redis://:s3cret-pass"),  # forgot "@host": the port is the password
         ("REDIS_URL", "foo://x"),
+        ("REDIS_URL", "redis+sentinel://:s3cret-pass"),  # the same, behind Sentinel
         ("GPTALK_URL", "http://[::1"),
     ],
 )

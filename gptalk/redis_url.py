@@ -1,0 +1,187 @@
+"""A Redis client from a URL: one server, or the master that Redis Sentinel names.
+
+``redis://``, ``rediss://`` and ``unix://`` URLs are redis-py's own. A Sentinel URL
+names the sentinels and the master's name instead of a server::
+
+    redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>[/db][?sentinel_password=…]
+
+The user and password are the master's (and its replicas'); ``sentinel_password``
+is the sentinels' own ``requirepass``. The client is redis-py's
+(``Sentinel(...).master_for(name)``): every new connection asks the sentinels where
+the master is now, and a connection still open to a demoted master is dropped at
+its first ``READONLY`` answer (or when Sentinel, demoting it, closes its clients), so
+after a failover commands (and pub/sub, which resubscribes on reconnecting) reach
+the new master.
+
+Error messages never quote the URL or any part of it: it may hold passwords.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SentinelURL",
+    "is_sentinel_url",
+    "parse_sentinel_url",
+    "redis_from_url",
+    "url_secrets",
+]
+
+SENTINEL_SCHEME: Final = "redis+sentinel"
+SENTINEL_PORT: Final = 26379
+# What the sentinels' own clients take from the options given for the master's:
+# the same bounds in time, so that a dead sentinel fails as fast as a dead master.
+_SENTINEL_OPTIONS: Final = ("socket_timeout", "socket_connect_timeout", "retry")
+_FORM: Final = "redis+sentinel://[user:password@]host:26379[,host:26379…]/<master-name>[/db]"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.lower().startswith(f"{SENTINEL_SCHEME}://")
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Split a ``redis+sentinel://`` URL; ValueError (never quoting it) if malformed."""
+    if not is_sentinel_url(url):
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    rest = url[len(SENTINEL_SCHEME) + 3 :]
+    # Parsed by hand: urllib takes one host per URL, and balks at a list of them
+    # holding an IPv6 address.
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon and secret else None
+    sentinels = tuple(_sentinel(part, n) for n, part in enumerate(hosts.split(","), 1))
+    master, _, db_part = path.partition("/")
+    master = unquote(master)
+    if not master:
+        raise ValueError(f"no master name; the form is {_FORM}")
+    db_part = db_part.removesuffix("/")
+    if db_part and not db_part.isdigit():
+        raise ValueError("the database after the master's name is not a number")
+    sentinel_password = None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != "sentinel_password":
+            # Not named: "?secret" would make the password the option's name.
+            raise ValueError("an unknown option after '?': only sentinel_password is read")
+        sentinel_password = value or None
+    return SentinelURL(
+        sentinels=sentinels,
+        master=master,
+        db=int(db_part or 0),
+        username=username,
+        password=password,
+        sentinel_password=sentinel_password,
+    )
+
+
+def _sentinel(part: str, n: int) -> tuple[str, int]:
+    part = part.strip()
+    if part.startswith("["):  # [::1]:26379
+        host, bracket, port = part[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"sentinel {n}: unbalanced [ ] around an IPv6 address")
+        port = port[1:]
+    else:
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"sentinel {n}: no host name; the form is {_FORM}")
+    if not port:
+        return host, SENTINEL_PORT
+    # Not echoed: after a forgotten "@", the "port" is the password.
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"sentinel {n}: the port is not a number from 1 to 65535")
+    return host, int(port)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords in a Redis URL, for masking in logs (empty if it has none)."""
+    try:
+        if is_sentinel_url(url):
+            parsed = parse_sentinel_url(url)
+            return [s for s in (parsed.password, parsed.sentinel_password) if s]
+        password = parse_url(url).get("password")
+    except ValueError:
+        return []
+    return [password] if isinstance(password, str) and password else []
+
+
+class _Sentinel(Sentinel):
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            # redis-py names each sentinel that failed by its client's repr: the whole
+            # connection configuration, over a thousand characters a sentinel. Its host
+            # and port say as much, in logs and in the startup error.
+            message = str(exc)
+            for client in self.sentinels:
+                where = client.connection_pool.connection_kwargs
+                message = message.replace(str(client), f"{where['host']}:{where['port']}")
+            raise MasterNotFoundError(message) from None
+
+
+class _SentinelMasterPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Connections to whichever server the sentinels name master; like
+    :class:`BlockingConnectionPool`, a command waits (up to ``timeout``) for a free
+    connection rather than failing when all are busy. Closing it closes the
+    clients that talk to the sentinels too, which ``master_for`` leaves open."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
+
+
+def redis_from_url(url: str, **options: Any) -> Redis:
+    """A client for ``url`` on a :class:`BlockingConnectionPool` (``options`` are the
+    pool's and its connections': ``max_connections``, ``timeout``, ``socket_timeout``,
+    ``retry``…). A Sentinel URL gives the master's client; the sentinels are asked
+    with the same socket timeouts and retry. Nothing connects before the first
+    command. ValueError if the URL is malformed."""
+    if not is_sentinel_url(url):
+        return Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
+    parsed = parse_sentinel_url(url)
+    sentinel_options: dict[str, Any] = {k: options[k] for k in _SENTINEL_OPTIONS if k in options}
+    # Without a retry of the caller's, not redis-py's default (three, backing off for
+    # seconds): a sentinel that is down is skipped for the next one, not waited for.
+    sentinel_options.setdefault("retry", Retry(NoBackoff(), 1))
+    if parsed.sentinel_password is not None:
+        sentinel_options["password"] = parsed.sentinel_password
+    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels), sentinel_kwargs=sentinel_options
+    )
+    client: Redis = sentinel.master_for(
+        parsed.master,
+        connection_pool_class=_SentinelMasterPool,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        **options,
+    )
+    return client
