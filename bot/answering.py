@@ -360,15 +360,19 @@ class Answerer:
         """On shutdown: let running answers finish for ``grace`` seconds, then stop
         them (their text so far is delivered, marked) and wait for that."""
         self._closing = True  # prompts still waiting in line are not started any more
-        tasks = set(self._tasks)
-        if not tasks:
+        if not self._tasks:
             return
-        log.info("waiting up to %s s for %d running answer(s)", grace, len(tasks))
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        if pending:
+        log.info("waiting up to %s s for %d prompt(s) in hand", grace, len(self._tasks))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Again until none is left: a prompt that was on its way into the line when
+        # the signal came is handled too (its sender is told to send it again).
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+        if self._tasks:
             for conversation in list(self._running):
                 self.stop(conversation, suffix=_shutdown)
-            _, pending = await asyncio.wait(pending, timeout=10)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
             for task in pending:
                 task.cancel()
 
@@ -381,6 +385,27 @@ class Answerer:
         texts: Texts,
         *,
         replace: bool = False,
+    ) -> None:
+        # In hand from the start, not only once in line: a shutdown waits for it.
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._answer_in_turn(
+                bot, message, conversation, user_turn, texts, replace=replace
+            )
+        finally:
+            self._tasks.discard(task)
+
+    async def _answer_in_turn(
+        self,
+        bot: Bot,
+        message: TgMessage,
+        conversation: ConversationKey,
+        user_turn: Message | None,
+        texts: Texts,
+        *,
+        replace: bool,
     ) -> None:
         if self.unwritable.covers(conversation):
             log.debug("not answering in %s: the bot may not write there", conversation)
@@ -414,9 +439,6 @@ class Answerer:
         if user_turn is not None:
             record = _Prompt(message.message_id, user_turn)
             self._remember(conversation, asker, record)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         try:
             async with ticket:
                 if self._closing:
@@ -446,7 +468,6 @@ class Answerer:
         finally:
             if record is not None:
                 record.state = _State.DONE
-            self._tasks.discard(task)
 
     async def _rate_limit(self, message: TgMessage) -> Decision | None:
         """USER_RATE_LIMIT's decision for this prompt (None: not limited). Messages
