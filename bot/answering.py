@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiogram import Bot
 from aiogram.enums import ChatType
@@ -100,6 +101,11 @@ def conversation_limits(
         return group_max_concurrent, group_max_waiting
 
     return limits
+
+
+# What an "edited" command's handler returns when a waiting prompt took the new text:
+# more than any number of replicas could return otherwise (1 each).
+_EDITED_IN_PLACE: Final = 1_000_000
 
 
 def _where(conversation: ConversationKey) -> Command:
@@ -198,6 +204,7 @@ class Answerer:
         self.control.on("stop", self._apply_stop)
         self.control.on("reset", self._apply_reset)
         self.control.on("stop_answer", self._apply_stop_answer)
+        self.control.on("edited", self._apply_edited)
 
     @property
     def active(self) -> int:
@@ -319,20 +326,38 @@ class Answerer:
         """``message`` was edited: if it is its asker's last prompt here, answer the
         new text instead (a waiting prompt is updated in place; a running answer is
         stopped first). False when it is an older message."""
-        asker = asker_of(message)
-        record = self._prompts.get((conversation, asker))
-        if record is None or record.message_id != message.message_id:
+        # The prompt's record is in the replica that took it, which need not be this
+        # one: every replica looks (this one too, through the control channel).
+        found = await self.control.send(
+            "edited",
+            **_where(conversation),
+            asker=asker_of(message),
+            message_id=message.message_id,
+            turn=dict(user_turn),
+        )
+        if found == 0:
             return False
+        if found < _EDITED_IN_PLACE:  # it had started or ended: answered anew here
+            await self._answer(bot, message, conversation, user_turn, texts, replace=True)
+        return True
+
+    async def _apply_edited(self, command: Command) -> int:
+        key = (_conversation_of(command), int(command["asker"]))
+        record = self._prompts.get(key)
+        if record is None or record.message_id != int(command["message_id"]):
+            return 0
+        turn = command["turn"]
         if record.state is _State.WAITING:
-            record.turn = user_turn
-            return True
+            record.turn = {"role": turn["role"], "content": turn["content"]}
+            return _EDITED_IN_PLACE
+        # The replica that got the edit answers it and remembers it from now on.
+        del self._prompts[key]
         if record.state is _State.RUNNING:
             record.superseded = True
             if record.generation is not None:
                 record.generation.discard = True  # the new answer takes its place
                 record.generation.reply.stop(_stopped(record.generation.texts))
-        await self._answer(bot, message, conversation, user_turn, texts, replace=True)
-        return True
+        return 1
 
     def _remember(self, conversation: ConversationKey, asker: int, record: _Prompt) -> None:
         key = (conversation, asker)

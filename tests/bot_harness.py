@@ -66,6 +66,7 @@ class BotHarness:
         self.app: Application | None = None
         self._polling: asyncio.Task[None] | None = None
         self._pushed: set[int] = set()
+        self._fed: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> BotHarness:
         self.app = await build_application(self.settings, limits=self._limits)
@@ -108,6 +109,16 @@ class BotHarness:
         message = self.tg.user_message(chat, user, text, **kwargs)
         self._pushed.add(max(u["update_id"] for u in self.tg.pending_updates))
         return message
+
+    def feed(self) -> None:
+        """Hand the updates queued so far to this bot directly, not through its long
+        poll: as a load balancer would give them to one replica of several."""
+        assert self.app is not None
+        for update in self.tg.take_updates():
+            self._pushed.add(int(update["update_id"]))
+            task = asyncio.create_task(self.app.dispatcher.feed_raw_update(self.app.bot, update))
+            self._fed.add(task)
+            task.add_done_callback(self._fed.discard)
 
     def expect_pending(self) -> None:
         """Updates the fake queued by itself (service messages, ``my_chat_member``):

@@ -131,6 +131,38 @@ async def test_editing_a_waiting_prompt_updates_it_in_place(
     no_rejections(tg)
 
 
+async def test_an_edit_that_reaches_another_replica_answers_anew(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    """Two replicas on one Redis: the prompt goes to one, its edits to the other."""
+    fake_gptalk.reply = echo
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.1  # ~2.5 s
+    took, edited = await start(make_bot), await start(make_bot)
+    ann = took.user()
+    chat = tg.private_chat(ann)
+    question = tg.user_message(chat, ann, "first")
+    took.feed()
+    await tg.wait_for(lambda: bool(took.replies(question)))
+    tg.edited_message(chat, ann, question["message_id"], "second")  # while it streams
+    edited.feed()
+    await edited.settle()
+    await took.settle()
+    old_reply, new_reply = took.replies(question)
+    assert old_reply.endswith("Stopped.")  # stopped in the replica that ran it
+    assert new_reply.startswith("On second")
+    assert await history(redis, ann["id"]) == [("user", "second"), ("assistant", "On second")]
+
+    tg.edited_message(chat, ann, question["message_id"], "third")  # after its answer
+    took.feed()  # back to the first replica, which no longer holds the prompt
+    await took.settle()
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["first", "second", "third"]
+    assert took.replies(question)[-1].startswith("On third")
+    assert await history(redis, ann["id"]) == [("user", "third"), ("assistant", "On third")]
+    # (Two long polls on one token conflict, as at Telegram: these replicas are fed.)
+    assert [c.method for c in tg.calls if not c.ok and c.method != "getUpdates"] == []
+    assert tg.too_many_requests == 0
+
+
 async def test_editing_an_older_message_is_ignored(
     make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
 ) -> None:
