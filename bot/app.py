@@ -67,6 +67,11 @@ log = logging.getLogger("bot")
 
 TELEGRAM_CONNECTIONS = 512
 REDIS_CONNECTIONS = 64
+# Telegram's shared budgets have a client of their own: their calls are on the path of
+# every Telegram call and give up after 1 s, and on the shared pool a burst of other
+# commands (1,000 answers' history, journal, line) kept them waiting for a connection
+# until the wait looked like an outage (bench/REPORT.md).
+BUDGET_CONNECTIONS = 8
 # Seconds one Redis command may take. Redis answers in well under a millisecond, so
 # this only ends waits on a hung server: short enough that a prompt arriving during
 # an outage gets its notice within seconds, long enough for a 2 s BLPOP (control.py).
@@ -91,11 +96,14 @@ class Application:
     lag: LagProbe
     response_models: list[Any] = field(default_factory=list)
     journal: Journal | None = None
+    budgets_redis: Redis | None = None  # the budgets' own client (see BUDGET_CONNECTIONS)
 
     async def aclose(self) -> None:
         await self.scheduler.aclose()
         if isinstance(self.scheduler.budgets, RedisBudgets):
             await self.scheduler.budgets.aclose()
+        if self.budgets_redis is not None:
+            await self.budgets_redis.aclose()
         await self.bot.session.close()
         await self.llm.close()
         if self.redis is not None:
@@ -113,7 +121,7 @@ def pin_response_models() -> list[Any]:
     return [Response.__class_getitem__(cast(Any, method.__returning__)) for method in used]
 
 
-async def connect_redis(url: str) -> Redis:
+async def connect_redis(url: str, *, max_connections: int = REDIS_CONNECTIONS) -> Redis:
     """A client whose every command is bounded in time, so that a hung or vanished
     Redis fails fast (answers already streaming finish, new prompts get a notice).
     Behind Sentinel it follows the master: after a failover, the next command (or
@@ -122,7 +130,7 @@ async def connect_redis(url: str) -> Redis:
         url,
         # Many answers at once share the pool; when all connections are busy a
         # command waits for one (up to `timeout`) instead of failing.
-        max_connections=REDIS_CONNECTIONS,
+        max_connections=max_connections,
         timeout=5,
         socket_timeout=REDIS_COMMAND_TIMEOUT,
         socket_connect_timeout=REDIS_COMMAND_TIMEOUT,
@@ -253,9 +261,11 @@ async def build_application(
         time_scale=settings.telegram_time_scale,
     )
     # With Redis every replica keeps Telegram's limits together with the others.
-    budgets: Budgets = (
-        RedisBudgets(redis, keys, limits) if redis is not None else MemoryBudgets(limits)
-    )
+    budgets: Budgets = MemoryBudgets(limits)
+    budgets_redis: Redis | None = None
+    if settings.redis_url:
+        budgets_redis = await connect_redis(settings.redis_url, max_connections=BUDGET_CONNECTIONS)
+        budgets = RedisBudgets(budgets_redis, keys, limits)
     scheduler = Scheduler(
         budgets,
         on_grant=lambda priority, waited: metrics.limiter_granted(priority.name.lower(), waited),
@@ -348,4 +358,5 @@ async def build_application(
         lag,
         pin_response_models(),
         journal,
+        budgets_redis,
     )

@@ -348,7 +348,9 @@ class StreamingReply:
                 if self._draft and last and not self._done:
                     if wanted == self._drafted and not self._refresh_due():
                         return None
-                    self._want = Priority.EDIT
+                    # The first draft is the answer's first sight, like a first message.
+                    first = not self._shown and self._drafted is None
+                    self._want = Priority.ANSWER if first else Priority.EDIT
                     return _Step(index, wanted, button=False, draft=True)
                 self._want = Priority.ANSWER
                 return _Step(index, wanted, button)

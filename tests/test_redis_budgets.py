@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from bot.app import build_application, connect_redis
 from bot.config import load_settings
-from bot.delivery.budgets import FLIGHT_LAPSE, MemoryBudgets, Priority, TelegramLimits
+from bot.delivery.budgets import FLIGHT_LAPSE, MemoryBudgets, Priority, Scope, TelegramLimits
 from bot.delivery.redis_budgets import RedisBudgets
 from bot.delivery.scheduler import Scheduler
 from bot.storage.keys import Keys
@@ -284,4 +284,25 @@ async def test_a_hung_redis_costs_one_timeout_then_the_process_budgets_answer(
     finally:
         own_redis.resume()
         await scheduler.aclose()
+        await budgets.aclose()
+
+
+async def test_a_takeover_knows_the_calls_this_process_made_through_redis(
+    own_redis: RedisServer, own_client: aioredis.Redis
+) -> None:
+    budgets = RedisBudgets(own_client, Keys("gptalk"), TelegramLimits(global_limit=3))
+    try:
+        flying = [await budgets.take(chat_id, Priority.ANSWER) for chat_id in (1, 2, 3)]
+        assert all(verdict.wait == 0 for verdict in flying)
+        own_redis.stop()
+        # The process's own budgets take over with the three calls still in flight:
+        # no fourth call in the same second, whoever counts.
+        taken_over = await budgets.take(4, Priority.ANSWER)
+        assert budgets.redis_down
+        assert taken_over.scope is Scope.BOT
+        for verdict in flying:
+            assert verdict.ticket is not None
+            await budgets.settle(verdict.ticket)
+        assert (await budgets.take(4, Priority.ANSWER)).scope is Scope.BOT  # answered just now
+    finally:
         await budgets.aclose()

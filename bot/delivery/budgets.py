@@ -304,11 +304,19 @@ class MemoryBudgets:
         wait = self._global.wait(now, 1 + bot_reserve)
         if wait > 0:
             return Verdict(wait, Scope.BOT)
+        return Verdict(0.0, None, self._count(chat, priority, now))
+
+    def record(self, chat_id: int, priority: Priority) -> str:
+        """Count a call that other budgets granted (the shared ones in Redis), so that
+        these know this process's own calls if they must take over."""
+        return self._count(self._chat(chat_id), priority, self.now())
+
+    def _count(self, chat: _Chat, priority: Priority, now: float) -> str:
         chat.budget.take(now)
         ticket = self._global.take(now)
         if priority is not Priority.CHATTER:
             chat.last_answer_call = now
-        return Verdict(0.0, None, ticket)
+        return ticket
 
     async def take(self, chat_id: int, priority: Priority) -> Verdict:
         return self.check(chat_id, priority)

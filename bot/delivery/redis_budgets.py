@@ -11,7 +11,10 @@ agree; divided by ``time_scale`` they are Telegram seconds. Every key expires on
 its state equals a fresh one.
 
 When Redis fails, the budgets of this process take over (one warning per outage)
-until Redis answers a ping again: Telegram's limits then hold per process only.
+until Redis answers a ping again: Telegram's limits then hold per process only. They
+have counted this process's own calls all along (:meth:`MemoryBudgets.record`), so a
+takeover does not start from an empty window while calls granted through Redis are
+still on their way.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from typing import Final
 
 from redis.asyncio import Redis
@@ -140,6 +144,8 @@ return 0
 """
 )
 
+MAX_MIRRORED: Final = 10_000
+
 _CALLS: Final = {Priority.ANSWER: "answer", Priority.CHATTER: "chatter", Priority.EDIT: "edit"}
 _SCOPES: Final = {1: Scope.CHAT, 2: Scope.BOT}
 
@@ -171,6 +177,8 @@ class RedisBudgets:
         self._block = redis.register_script(_BLOCK)
         self._settle = redis.register_script(_SETTLE)
         self.fallback = MemoryBudgets(limits, clock=clock)
+        # Redis tickets of this process's calls in flight → their copies in the fallback.
+        self._mirrored: OrderedDict[str, str] = OrderedDict()
         # Window members must be unique across processes and calls.
         self._member_prefix = secrets.token_hex(6)
         self._members = itertools.count()
@@ -230,12 +238,18 @@ class RedisBudgets:
         if float(wait) > 0:
             return Verdict(float(wait), _SCOPES[int(scope)])
         self.last_grant_at = float(now)
+        self._mirrored[member] = self.fallback.record(chat_id, priority)
+        if len(self._mirrored) > MAX_MIRRORED:  # only calls never settled pile up
+            self._mirrored.popitem(last=False)
         return Verdict(0.0, None, member)
 
     async def settle(self, ticket: str) -> None:
         if self.fallback.holds(ticket):  # granted during an outage
             self.fallback.settle_now(ticket)
             return
+        mirrored = self._mirrored.pop(ticket, None)
+        if mirrored is not None:
+            self.fallback.settle_now(mirrored)
         if self._probe is not None:
             return  # it lapses in Redis; this process keeps the limits meanwhile
         try:
