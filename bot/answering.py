@@ -178,8 +178,9 @@ class Answerer:
     stream_mode: str = "edit"  # STREAM_MODE: "draft" streams private chats as drafts
     draft_interval: float = 1.0  # DRAFT_INTERVAL
     # A conversation's messages in arrival order, up to their place in the line (the
-    # dispatcher's conversation middleware registers them).
-    arrivals: Arrivals[ConversationKey] = field(init=False, default_factory=Arrivals)
+    # dispatcher's conversation middleware registers them). With replicas, an
+    # Arrivals sharing them through the RedisLine.
+    arrivals: Arrivals[ConversationKey] = field(default_factory=Arrivals)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
@@ -399,7 +400,10 @@ class Answerer:
                 if allowed
                 else None
             )
-        self.arrivals.leave(conversation, message.message_id)  # in line: later ones may go
+        if allowed:  # in line (or refused a place): later ones may go
+            self.arrivals.entered(conversation, message.message_id)
+        else:
+            await self.arrivals.leave(conversation, message.message_id)
         if decision is not None and decision.verdict is Verdict.NOTIFY:
             seconds = max(1, round(decision.retry_in))
             await message.reply(texts.slow_down.format(seconds=seconds))

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from bot.answering import Answerer, conversation_limits
 from bot.config import Settings
+from bot.conversation.arrivals import Arrivals
 from bot.conversation.control import Control, LocalControl, RedisControl
 from bot.conversation.line import Lines
 from bot.conversation.pubsub import Subscriber
@@ -180,6 +181,7 @@ async def build_application(
     stats: Stats
     user_limits: UserLimits | None = None
     line: Lines[ConversationKey] | None = None  # None: the Answerer's own, in this process
+    arrivals: Arrivals[ConversationKey] = Arrivals()
     control: Control = LocalControl()
     subscriber: Subscriber | None = None
     paste_merger: PasteMerger = MemoryPasteMerger(settings.merge_window)
@@ -187,13 +189,14 @@ async def build_application(
         redis = await connect_redis(settings.redis_url)
         # Replicas share who answers when, and hear each other's /stop and /new.
         subscriber = Subscriber(redis)
-        line = RedisLine(
+        redis_line: RedisLine[ConversationKey] = RedisLine(
             redis,
             keys,
             subscriber,
             limits=conversation_limits(group_max_concurrent=settings.group_max_concurrent),
             lease=settings.journal_lease,
         )
+        line, arrivals = redis_line, Arrivals(redis_line)
         control = RedisControl(redis, keys, subscriber)
         paste_merger = RedisPasteMerger(redis, keys, subscriber, settings.merge_window)
         history = RedisHistoryStore(
@@ -286,6 +289,7 @@ async def build_application(
         journal=journal,
         metrics=metrics,
         line=line,
+        arrivals=arrivals,
         control=control,
         stop_button=stop_keyboard,
         stream_mode=settings.stream_mode,

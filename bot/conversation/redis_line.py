@@ -15,6 +15,14 @@ their turn may have come from a message on ``P:line`` (published when a ticket
 leaves or a lapsed one is purged), and look anyway every ``lease / 3`` seconds, or
 at the moment the first running lease would lapse, whichever is sooner — that
 bounds the hand-over after a crash by about one lease.
+
+Messages on their way count too. Telegram sends a chat's next update once the
+previous one was answered, but a replica answers at once and processes after, so
+the next message, on another replica, could take its place first. So a replica
+registers each message in ``arriving`` as it receives it (before answering
+Telegram), and a waiting ticket does not start while an earlier message of its
+conversation is still on its way: until that one takes its place (``enter``
+removes it), is withdrawn (it was not a prompt), or lapses with its replica.
 """
 
 from __future__ import annotations
@@ -44,9 +52,10 @@ K = TypeVar("K", bound=Hashable)
 
 DEFAULT_LEASE: Final = 15.0  # seconds a silent holder keeps its place
 
-# KEYS = running, waiting, alive, senders; ARGV[1..3] = channel, conversation, lease (ms).
+# KEYS = running, waiting, alive, senders, arriving; ARGV[1..3] = channel, conversation,
+# lease (ms).
 _PRELUDE: Final = """
-local running, waiting, alive, senders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local running, waiting, alive, senders, arriving = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local lease = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -55,21 +64,33 @@ local function forget(ticket)
   redis.call('ZREM', alive, ticket)
   redis.call('HDEL', senders, ticket)
 end
--- Leases and places whose owners stopped pushing their deadlines back.
+-- Leases, places and arrivals whose owners stopped pushing their deadlines back.
 local function purge()
   local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', now)
   for _, ticket in ipairs(lapsed) do redis.call('ZREM', running, ticket); forget(ticket) end
   local late = redis.call('ZRANGEBYSCORE', alive, '-inf', now)
   for _, ticket in ipairs(late) do redis.call('ZREM', waiting, ticket); forget(ticket) end
-  if #lapsed + #late > 0 then notify() end
+  local lost = redis.call('ZREMRANGEBYSCORE', arriving, '-inf', now)
+  if #lapsed + #late + lost > 0 then notify() end
+end
+-- A message that was on its way takes its place, or none: later ones may go.
+local function arrived(message)
+  if redis.call('ZREM', arriving, message) > 0 and redis.call('ZCARD', waiting) > 0 then
+    notify()
+  end
 end
 -- Every key outlives the deadlines in it, and no longer.
 local function keep()
   for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, 2 * lease + 1000) end
 end
 -- Would `ticket` start now? Line._advance's rule: waiting tickets start in order
--- while places are free, each behind its own asker's running (or earlier) ticket.
+-- while places are free, each behind its own asker's running (or earlier) ticket;
+-- and none before an earlier message on its way has its place.
 local function eligible(ticket, max_running)
+  local order = tonumber(redis.call('ZSCORE', waiting, ticket))
+  for _, message in ipairs(redis.call('ZRANGE', arriving, 0, -1)) do
+    if tonumber(message) < order then return false end
+  end
   local ran = redis.call('ZRANGE', running, 0, -1)
   local free = max_running - #ran
   local busy = {}
@@ -100,6 +121,8 @@ _ENTER: Final = (
 purge()
 local ticket, sender = ARGV[4], ARGV[5]
 local max_running, max_waiting = tonumber(ARGV[7]), tonumber(ARGV[8])
+local order = tonumber(ARGV[6])
+if order then arrived(ARGV[6]) end
 if redis.call('ZCARD', waiting) >= max_waiting then
   -- Full, unless this one would start at once.
   if redis.call('ZCARD', running) >= max_running then return 0 end
@@ -107,7 +130,6 @@ if redis.call('ZCARD', waiting) >= max_waiting then
     if held == sender then return 0 end
   end
 end
-local order = tonumber(ARGV[6])
 if not order then
   local last = redis.call('ZRANGE', waiting, -1, -1, 'WITHSCORES')
   order = last[2] and tonumber(last[2]) + 1 or 0
@@ -178,6 +200,25 @@ for _, ticket in ipairs(dropped) do forget(ticket) end
 redis.call('DEL', waiting)
 if #dropped > 0 then notify() end
 return #dropped
+"""
+)
+
+# ARGV[4] = message id.
+_ARRIVE: Final = (
+    _PRELUDE
+    + """
+redis.call('ZADD', arriving, now + lease, ARGV[4])
+redis.call('PEXPIRE', arriving, 2 * lease + 1000)
+return 1
+"""
+)
+
+# ARGV[4] = message id.
+_WITHDRAW: Final = (
+    _PRELUDE
+    + """
+arrived(ARGV[4])
+return 1
 """
 )
 
@@ -316,6 +357,8 @@ class RedisLine(Generic[K]):
         self._leave = redis.register_script(_LEAVE)
         self._drop = redis.register_script(_DROP)
         self._counts = redis.register_script(_COUNTS)
+        self._arrive = redis.register_script(_ARRIVE)
+        self._withdraw = redis.register_script(_WITHDRAW)
         subscriber.on(keys.line_channel, self._moved)
 
     def _moved(self, conversation: bytes) -> None:
@@ -350,6 +393,15 @@ class RedisLine(Generic[K]):
 
     async def drop(self, key: K) -> None:
         await self._call(self._drop, key)
+
+    async def arrive(self, key: K, order: int) -> None:
+        """Message ``order`` of ``key`` reached a replica: prompts ordered after it
+        wait (on every replica) until it takes its place or is withdrawn."""
+        await self._call(self._arrive, key, order)
+
+    async def withdraw(self, key: K, order: int) -> None:
+        """Message ``order`` will not take a place (it was no prompt, or waits aside)."""
+        await self._call(self._withdraw, key, order)
 
     async def counts(self, key: K) -> tuple[int, int]:
         running, waiting = await self._call(self._counts, key)

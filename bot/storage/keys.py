@@ -82,14 +82,21 @@ class Keys:
         """When the chat's last answer call (first message or edit) went."""
         return f"{self.prefix}:telegram:answered:{chat_id}"
 
-    def line(self, conversation: object) -> tuple[str, str, str, str]:
+    def line(self, conversation: object) -> tuple[str, str, str, str, str]:
         """A conversation's line (``bot/conversation/redis_line.py``):
         ``P:line:{c}:running`` (sorted set: ticket → lease deadline, ms),
         ``P:line:{c}:waiting`` (sorted set: ticket → message id),
         ``P:line:{c}:alive`` (sorted set: waiting ticket → its own deadline, ms),
-        ``P:line:{c}:senders`` (hash: ticket → asker)."""
+        ``P:line:{c}:senders`` (hash: ticket → asker),
+        ``P:line:{c}:arriving`` (sorted set: message id on its way → deadline, ms)."""
         base = f"{self.prefix}:line:{conversation}"
-        return f"{base}:running", f"{base}:waiting", f"{base}:alive", f"{base}:senders"
+        return (
+            f"{base}:running",
+            f"{base}:waiting",
+            f"{base}:alive",
+            f"{base}:senders",
+            f"{base}:arriving",
+        )
 
     @property
     def line_channel(self) -> str:
