@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 
 from bot.storage.keys import Keys
 
-from .line import LineDroppedError
+from .line import HandedOverError, LineDroppedError
 from .pubsub import Subscriber
 
 __all__ = ["DEFAULT_LEASE", "RedisLine", "RedisTicket"]
@@ -203,6 +203,26 @@ return #dropped
 """
 )
 
+# ARGV[4] = ticket. Its new owner looks after it from now: 2 (running), 1 (waiting), or
+# 0 (gone: it lapsed or was dropped).
+_ADOPT: Final = (
+    _PRELUDE
+    + """
+purge()
+local ticket = ARGV[4]
+local status = 0
+if redis.call('ZSCORE', running, ticket) then
+  redis.call('ZADD', running, now + lease, ticket)
+  status = 2
+elseif redis.call('ZSCORE', waiting, ticket) then
+  redis.call('ZADD', alive, now + lease, ticket)
+  status = 1
+end
+keep()
+return status
+"""
+)
+
 # ARGV[4] = message id.
 _ARRIVE: Final = (
     _PRELUDE
@@ -234,7 +254,8 @@ return {redis.call('ZCARD', running), redis.call('ZCARD', waiting)}
 class RedisTicket(Generic[K]):
     """A place in a shared line. From creation, a background task looks after it:
     while it waits, it tries to start (pushing its place's deadline back); once it
-    runs, it renews the lease until the ticket is given up."""
+    runs, it renews the lease until the ticket is given up — or handed over to
+    another replica (:meth:`hand_over`), which then looks after it."""
 
     def __init__(self, line: RedisLine[K], key: K, ticket_id: str, *, running: bool) -> None:
         self._line, self.key, self.id = line, key, ticket_id
@@ -242,7 +263,47 @@ class RedisTicket(Generic[K]):
         self._wake = asyncio.Event()
         if running:
             self._turn.set_result(None)
-        self._left: asyncio.Task[None] | None = None
+        self._left: asyncio.Future[None] | None = None
+        self._paused = False
+        self._keeper = asyncio.create_task(self._keep())
+
+    @property
+    def _looking(self) -> bool:
+        return self._left is None and not self._paused
+
+    async def hand_over(
+        self, send: Callable[[], Awaitable[None]], *, if_waiting: bool = False
+    ) -> bool:
+        """Give the place to another replica: stop looking after it (it stays in the
+        line), ``await send()`` (which tells the others this ticket's id), and from
+        then on neither renew nor leave it. A holder still waiting for its turn gets
+        :class:`HandedOverError`. With ``if_waiting``, a ticket whose turn has come
+        is kept (False). When ``send`` fails, the ticket is looked after again and
+        the error propagates."""
+        if self._left is not None or self._paused:  # gone, or being handed over already
+            return False
+        self._paused = True
+        # redis-py may swallow the cancellation mid-command: the keeper also stops
+        # at its next look, as it is paused.
+        self._keeper.cancel()
+        await asyncio.wait({self._keeper})
+        if if_waiting and self._turn.done():
+            self._resume()
+            return False
+        try:
+            await send()
+        except BaseException:
+            self._resume()
+            raise
+        self._left = asyncio.get_running_loop().create_future()
+        self._left.set_result(None)  # nothing to give up: the place is the new owner's
+        if not self._turn.done():
+            self._turn.set_exception(HandedOverError())
+            self._turn.exception()  # retrieved: __aenter__ may never come
+        return True
+
+    def _resume(self) -> None:
+        self._paused = False
         self._keeper = asyncio.create_task(self._keep())
 
     async def __aenter__(self) -> Self:
@@ -276,8 +337,8 @@ class RedisTicket(Generic[K]):
                 if not waiters:
                     line._waiters.pop(str(self.key), None)
         if not self._turn.done() or self._turn.exception() is not None:
-            return  # given up, dropped or failed: no lease to keep
-        while self._left is None:
+            return  # given up, dropped, failed or paused: no lease to keep
+        while self._looking:
             await asyncio.sleep(line.lease / 3)
             try:
                 if not await line._call(line._renew, self.key, self.id):
@@ -288,7 +349,7 @@ class RedisTicket(Generic[K]):
 
     async def _wait_for_turn(self) -> None:
         line = self._line
-        while self._left is None:
+        while self._looking:
             self._wake.clear()  # before looking: a notice that comes meanwhile is kept
             wait = line.lease / 3
             try:
@@ -357,6 +418,7 @@ class RedisLine(Generic[K]):
         self._leave = redis.register_script(_LEAVE)
         self._drop = redis.register_script(_DROP)
         self._counts = redis.register_script(_COUNTS)
+        self._adopt = redis.register_script(_ADOPT)
         self._arrive = redis.register_script(_ARRIVE)
         self._withdraw = redis.register_script(_WITHDRAW)
         subscriber.on(keys.line_channel, self._moved)
@@ -393,6 +455,14 @@ class RedisLine(Generic[K]):
 
     async def drop(self, key: K) -> None:
         await self._call(self._drop, key)
+
+    async def adopt(self, key: K, ticket_id: str) -> RedisTicket[K] | None:
+        """Look after a place another replica handed over (:meth:`RedisTicket.hand_over`);
+        None when it is gone (it lapsed meanwhile, or the line was dropped)."""
+        status = await self._call(self._adopt, key, ticket_id)
+        if status == 0:
+            return None
+        return RedisTicket(self, key, ticket_id, running=status == 2)
 
     async def arrive(self, key: K, order: int) -> None:
         """Message ``order`` of ``key`` reached a replica: prompts ordered after it

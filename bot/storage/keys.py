@@ -104,6 +104,16 @@ class Keys:
         return f"{self.prefix}:line"
 
     @property
+    def handback(self) -> str:
+        """List of prompts a draining replica handed to the others (JSON, oldest first)."""
+        return f"{self.prefix}:handback"
+
+    @property
+    def handback_channel(self) -> str:
+        """Pub/sub channel: a prompt was handed back (the message is empty)."""
+        return f"{self.prefix}:handback"
+
+    @property
     def control_channel(self) -> str:
         """Pub/sub channel of commands for every replica (``/stop``, ``/new``)."""
         return f"{self.prefix}:control"
