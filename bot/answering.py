@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -32,10 +34,11 @@ from gptalk import Message, format_prompt
 from .conversation.arrivals import Arrivals
 from .conversation.control import Command, Control, LocalControl
 from .conversation.gate import KeyedLock
-from .conversation.line import Line, LineDroppedError, Lines
+from .conversation.handback import HandBacks
+from .conversation.line import HandedOverError, Line, LineDroppedError, Lines
 from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
-from .i18n import Texts
+from .i18n import CATALOGS, Texts
 from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn, question_index
@@ -153,6 +156,59 @@ class _Prompt:
     superseded: bool = False  # edited while running: its answer is not wanted any more
 
 
+@dataclass(eq=False)
+class _Queued:
+    """A prompt with its place in the line, until its answer starts; what a stopping
+    replica hands to another (as JSON)."""
+
+    ticket: AbstractAsyncContextManager[object]
+    message: TgMessage
+    conversation: ConversationKey
+    texts: Texts
+    record: _Prompt | None  # None: /retry (the asker's last question again)
+    replace: bool  # an edited prompt: its new text takes the old one's place
+
+    def payload(self, ticket_id: str) -> str:
+        return json.dumps(
+            {
+                "ticket": ticket_id,
+                "chat_id": self.conversation.chat_id,
+                "thread_id": self.conversation.thread_id,
+                "message": self.message.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "turn": self.record.turn["content"] if self.record is not None else None,
+                "language": self.texts.language,
+                "replace": self.replace,
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    async def resume(
+        cls, payload: str, bot: Bot, handbacks: HandBacks, line: Lines[ConversationKey]
+    ) -> _Queued | None:
+        """The prompt of ``payload``, in the place it had (or, when that lapsed, a new
+        one by its message id); None when the line is full: its sender is told."""
+        data = json.loads(payload)
+        message = TgMessage.model_validate(data["message"], context={"bot": bot})
+        conversation = ConversationKey(data["chat_id"], data["thread_id"])
+        texts = CATALOGS[data["language"]]
+        ticket: AbstractAsyncContextManager[object] | None
+        ticket = await handbacks.adopt(conversation, data["ticket"])
+        if ticket is None:
+            ticket = await line.enter(conversation, asker_of(message), order=message.message_id)
+        if ticket is None:
+            private = message.chat.type == ChatType.PRIVATE
+            await message.reply(texts.busy if private else texts.busy_group)
+            return None
+        turn = data["turn"]
+        record = (
+            None
+            if turn is None
+            else _Prompt(message.message_id, Message(role="user", content=turn))
+        )
+        return cls(ticket, message, conversation, texts, record, bool(data["replace"]))
+
+
 # Makes the Stop button's keyboard for an answer's secret token and a label.
 StopButton = Callable[[str, str], InlineKeyboardMarkup]
 MAX_REMEMBERED_PROMPTS = 10_000
@@ -184,12 +240,16 @@ class Answerer:
     stream_mode: str = "edit"  # STREAM_MODE: "draft" streams private chats as drafts
     draft_interval: float = 1.0  # DRAFT_INTERVAL
     # A conversation's messages in arrival order, up to their place in the line (the
-    # dispatcher's conversation middleware registers them).
-    arrivals: Arrivals[ConversationKey] = field(init=False, default_factory=Arrivals)
+    # dispatcher's conversation middleware registers them). With replicas, an
+    # Arrivals sharing them through the RedisLine.
+    arrivals: Arrivals[ConversationKey] = field(default_factory=Arrivals)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
+    # Stopping replicas hand their waiting prompts to the others (None: one process).
+    handbacks: HandBacks | None = None
+    _queued: set[_Queued] = field(init=False, default_factory=set)  # in line, not started
     # The running answers' Stop buttons: secret token -> answer.
     _stops: dict[str, _Generation] = field(init=False, default_factory=dict)
     _prompts: OrderedDict[tuple[ConversationKey, int], _Prompt] = field(
@@ -382,16 +442,24 @@ class Answerer:
         return len(running)
 
     async def drain(self, grace: float) -> None:
-        """On shutdown: let running answers finish for ``grace`` seconds, then stop
-        them (their text so far is delivered, marked) and wait for that."""
-        self._closing = True  # prompts still waiting in line are not started any more
+        """On shutdown: prompts still waiting in line go to the other replicas (or,
+        without them, are not started); running answers get ``grace`` seconds to
+        finish, then are stopped (their text so far is delivered, marked)."""
+        self._closing = True
+        if self.handbacks is not None:
+            await self.handbacks.stop()  # and take none of the others' any more
+            handed = 0
+            for queued in list(self._queued):
+                handed += await self._hand_back(queued, if_waiting=True)
+            if handed:
+                log.info("handed back %d waiting prompt(s), for another replica", handed)
         if not self._tasks:
             return
         log.info("waiting up to %s s for %d prompt(s) in hand", grace, len(self._tasks))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         # Again until none is left: a prompt that was on its way into the line when
-        # the signal came is handled too (its sender is told to send it again).
+        # the signal came is handled too (handed back, or its sender told).
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
         if self._tasks:
@@ -449,7 +517,10 @@ class Answerer:
                 if allowed
                 else None
             )
-        self.arrivals.leave(conversation, message.message_id)  # in line: later ones may go
+        if allowed:  # in line (or refused a place): later ones may go
+            self.arrivals.entered(conversation, message.message_id)
+        else:
+            await self.arrivals.leave(conversation, message.message_id)
         if decision is not None and decision.verdict is Verdict.NOTIFY:
             seconds = max(1, round(decision.retry_in))
             await message.reply(texts.slow_down.format(seconds=seconds))
@@ -464,19 +535,38 @@ class Answerer:
         if user_turn is not None:
             record = _Prompt(message.message_id, user_turn)
             self._remember(conversation, asker, record)
+        await self._in_line(bot, _Queued(ticket, message, conversation, texts, record, replace))
+
+    async def _in_line(self, bot: Bot, queued: _Queued) -> None:
+        """Wait for the prompt's turn and answer it; while this replica stops, hand
+        it to the others instead (or, without them, tell its sender)."""
+        message, conversation, record = queued.message, queued.conversation, queued.record
+        self._queued.add(queued)
         try:
-            async with ticket:
+            if self._closing:  # it reached its place while this replica stops
+                await self._hand_back(queued, if_waiting=True)
+            async with queued.ticket:
+                self._queued.discard(queued)
                 if self._closing:
-                    await message.reply(texts.restarting)
+                    if not await self._hand_back(queued, if_waiting=False):
+                        await message.reply(queued.texts.restarting)
                     return
                 if self.unwritable.covers(conversation):  # learnt while this one waited
                     return
                 try:
+                    user_turn = None  # /retry: the asker's last question
                     if record is not None:
                         record.state = _State.RUNNING
                         user_turn = record.turn  # as edited while it waited
                     await self._generate(
-                        bot, message, conversation, user_turn, asker, texts, record, replace
+                        bot,
+                        message,
+                        conversation,
+                        user_turn,
+                        asker_of(message),
+                        queued.texts,
+                        record,
+                        queued.replace,
                     )
                 except ChatUnavailableError as exc:
                     # Dropped while this ticket still holds the turn, so that no
@@ -488,11 +578,51 @@ class Answerer:
                     if isinstance(exc, NoRightsError):
                         where = conversation if exc.topic else ConversationKey(conversation.chat_id)
                         self.unwritable.add(where)
-        except LineDroppedError:
+        except (LineDroppedError, HandedOverError):
             pass
         finally:
+            self._queued.discard(queued)
             if record is not None:
                 record.state = _State.DONE
+
+    async def _hand_back(self, queued: _Queued, *, if_waiting: bool) -> bool:
+        """To another replica, with its place in the line; False when it stays."""
+        if self.handbacks is None:
+            return False
+        handed = await self.handbacks.hand_back(
+            queued.ticket, queued.payload, if_waiting=if_waiting
+        )
+        if handed:
+            log.info("a prompt in chat %s goes to another replica", queued.conversation.chat_id)
+        return handed
+
+    async def start(self, bot: Bot) -> None:
+        """Take the prompts that stopping replicas hand back (a dispatcher startup hook)."""
+        if self.handbacks is not None:
+            self.handbacks.start(lambda payload: self._take_over(bot, payload))
+
+    def _take_over(self, bot: Bot, payload: str) -> None:
+        task = asyncio.create_task(self._resume(bot, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resume(self, bot: Bot, payload: str) -> None:
+        """Answer a prompt another replica handed back, in its place in the line."""
+        assert self.handbacks is not None
+        try:
+            if self._closing:  # popped just as this one began to stop: the next one takes it
+                await self.handbacks.push(payload)
+                return
+            queued = await _Queued.resume(payload, bot, self.handbacks, self._line)
+        except RedisError as exc:
+            log.warning("a handed-back prompt is lost: Redis failed (%s)", exc)
+            return
+        if queued is None:
+            return
+        if queued.record is not None:
+            self._remember(queued.conversation, asker_of(queued.message), queued.record)
+        log.info("answering a prompt in chat %s for a replica that stopped", queued.message.chat.id)
+        await self._in_line(bot, queued)
 
     async def _rate_limit(self, message: TgMessage) -> Decision | None:
         """USER_RATE_LIMIT's decision for this prompt (None: not limited). Messages

@@ -34,7 +34,9 @@ from redis.exceptions import RedisError
 
 from bot.answering import Answerer, conversation_limits
 from bot.config import Settings
+from bot.conversation.arrivals import Arrivals
 from bot.conversation.control import Control, LocalControl, RedisControl
+from bot.conversation.handback import HandBacks
 from bot.conversation.line import Lines
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_line import RedisLine
@@ -197,6 +199,8 @@ async def build_application(
     stats: Stats
     user_limits: UserLimits | None = None
     line: Lines[ConversationKey] | None = None  # None: the Answerer's own, in this process
+    arrivals: Arrivals[ConversationKey] = Arrivals()
+    handbacks: HandBacks | None = None  # None: a stopping process has nobody to hand to
     control: Control = LocalControl()
     subscriber: Subscriber | None = None
     paste_merger: PasteMerger = MemoryPasteMerger(settings.merge_window)
@@ -204,12 +208,16 @@ async def build_application(
         redis = await connect_redis(settings.redis_url)
         # Replicas share who answers when, and hear each other's /stop and /new.
         subscriber = Subscriber(redis)
-        line = RedisLine(
+        redis_line: RedisLine[ConversationKey] = RedisLine(
             redis,
             keys,
             subscriber,
             limits=conversation_limits(group_max_concurrent=settings.group_max_concurrent),
             lease=settings.journal_lease,
+        )
+        line, arrivals = redis_line, Arrivals(redis_line)
+        handbacks = HandBacks(
+            redis, keys, subscriber, redis_line, interval=settings.journal_lease / 3
         )
         control = RedisControl(redis, keys, subscriber)
         paste_merger = RedisPasteMerger(redis, keys, subscriber, settings.merge_window)
@@ -305,6 +313,8 @@ async def build_application(
         journal=journal,
         metrics=metrics,
         line=line,
+        arrivals=arrivals,
+        handbacks=handbacks,
         control=control,
         stop_button=stop_keyboard,
         stream_mode=settings.stream_mode,
@@ -344,6 +354,8 @@ async def build_application(
         # Closed after the answers drained: prompts still waiting hear their turn.
         dispatcher.startup.register(subscriber.start)
         dispatcher.shutdown.register(subscriber.aclose)
+    # Last: prompts handed back by stopping replicas are answered once all is up.
+    dispatcher.startup.register(answerer.start)
     health = Health(bot=bot, redis=redis, metrics=metrics)
     return Application(
         settings,

@@ -108,6 +108,7 @@ async def receive(app: Application) -> None:
             drop_pending=settings.drop_pending_updates,
             drain=app.answerer.drain,
             shutdown_timeout=settings.shutdown_timeout,
+            arrivals=app.answerer.arrivals,
         )
     except WebhookError as exc:
         raise StartupError(str(exc)) from None

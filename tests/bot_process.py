@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import IO
 
 from bot.config import Settings
 from tests.fake_gptalk import FakeGPTalk
@@ -33,11 +34,17 @@ def bot_env(tg: FakeTelegram, gptalk: FakeGPTalk, **settings: str) -> dict[str, 
 
 
 async def start_bot(
-    env: dict[str, str], cwd: Path, *, stdout: int = asyncio.subprocess.PIPE
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    stdout: int = asyncio.subprocess.PIPE,
+    stderr: int | IO[bytes] = asyncio.subprocess.PIPE,
 ) -> asyncio.subprocess.Process:
-    """``python -m bot`` in ``cwd`` (a directory without a stray ``.env``)."""
+    """``python -m bot`` in ``cwd`` (a directory without a stray ``.env``). A process
+    that runs for long logs to a file (``stderr``): a pipe nobody reads fills up and
+    blocks it."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot",
         cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout, stderr=asyncio.subprocess.PIPE,
+        stdout=stdout, stderr=stderr,
     )  # fmt: skip

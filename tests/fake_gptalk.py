@@ -86,6 +86,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-cased header names
     query: dict[str, str]
     json: Any | None  # parsed JSON body, or None when absent / not JSON
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 @dataclass
@@ -282,6 +283,7 @@ class FakeGPTalk:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 query=dict(request.query),
                 json=parsed,
+                at=time.monotonic(),
             )
         )
         return parsed

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from bot.render import render
 from tests.bot_process import bot_env, start_bot
@@ -33,6 +35,7 @@ async def stopper() -> AsyncIterator[list[asyncio.subprocess.Process]]:
 async def test_bot_answers_and_shuts_down_gracefully(
     tg: FakeTelegram,
     fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
     redis_url: str,
     workdir: Path,
     stopper: list[asyncio.subprocess.Process],
@@ -58,11 +61,15 @@ async def test_bot_answers_and_shuts_down_gracefully(
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert tg.visible_text(42, question["message_id"]) == render(fake_gptalk.answer).text
-    # The prompt still waiting in line is not started during shutdown; its sender is told.
-    [skipped] = [m for m in tg.bot_messages(42) if m.reply_to == queued["message_id"]]
-    assert "restarting" in skipped.text
+    # The prompt still waiting in line is not started during shutdown: it is handed back,
+    # for whichever process comes next (tests/test_handback.py).
+    assert [m for m in tg.bot_messages(42) if m.reply_to == queued["message_id"]] == []
     assert fake_gptalk.prompts == ["hello bot"]
+    [handed] = await redis.lrange("gptalk:handback", 0, -1)
+    assert json.loads(handed)["turn"] == "and another thing"
+    await redis.delete("gptalk:handback")
     log = err.decode()
+    assert "handed back 1 waiting prompt(s)" in log
     assert tg.token not in log
     assert tg.token.split(":")[1] not in log
     for token in fake_gptalk.issued_tokens() + fake_gptalk.issued_stream_tokens():

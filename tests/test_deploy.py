@@ -18,7 +18,7 @@ from bot.render import render
 from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
-from tests.test_webhook import SECRET, free_port, get, metric, wait_ready
+from tests.webhook_process import SECRET, free_port, get, metric, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "nginx.conf"

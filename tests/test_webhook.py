@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,30 +19,15 @@ from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 from tests.redis_server import start_redis, stop_process
-
-SECRET = "webhook-s3cret_XYZ"
-PATH = "/tg/hook"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def webhook_env(
-    tg: FakeTelegram, gptalk: FakeGPTalk, port: int, *, url: str | None = None, **settings: str
-) -> dict[str, str]:
-    return bot_env(
-        tg,
-        gptalk,
-        WEBHOOK_URL=url or f"http://127.0.0.1:{port}{PATH}",
-        WEBHOOK_SECRET=SECRET,
-        WEBHOOK_HOST="127.0.0.1",
-        WEBHOOK_PORT=str(port),
-        **settings,
-    )
+from tests.webhook_process import (
+    PATH,
+    SECRET,
+    free_port,
+    get,
+    launch,
+    metric,
+    webhook_env,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -65,48 +49,6 @@ async def procs() -> AsyncIterator[list[asyncio.subprocess.Process]]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
         yield session
-
-
-async def get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, str]:
-    async with http.get(f"http://127.0.0.1:{port}{path}") as response:
-        return response.status, await response.text()
-
-
-async def wait_ready(http: aiohttp.ClientSession, port: int, timeout: float = 30) -> None:  # noqa: ASYNC109
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            if (await get(http, port, "/readyz"))[0] == 200:
-                return
-        except aiohttp.ClientError:
-            pass
-        if loop.time() > deadline:
-            raise TimeoutError(f"replica on port {port} not ready")
-        await asyncio.sleep(0.1)
-
-
-async def launch(
-    procs: list[asyncio.subprocess.Process],
-    http: aiohttp.ClientSession,
-    env: dict[str, str],
-    workdir: Path,
-    port: int,
-) -> asyncio.subprocess.Process:
-    proc = await start_bot(env, workdir)
-    procs.append(proc)
-    await wait_ready(http, port)
-    return proc
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    key = f"{name}{{{want}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith(key + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_webhook_answers_with_health_metrics_and_json_logs(

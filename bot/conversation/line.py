@@ -21,7 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-__all__ = ["Line", "LineDroppedError", "Lines", "Ticket"]
+__all__ = ["HandedOverError", "Line", "LineDroppedError", "Lines", "Ticket"]
 
 K = TypeVar("K", bound=Hashable)
 K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
@@ -50,6 +50,11 @@ class Lines(Protocol[K_contra]):
 
 class LineDroppedError(Exception):
     """The ticket's line was dropped before its turn came."""
+
+
+class HandedOverError(Exception):
+    """The ticket's place went to another replica before its turn came
+    (``RedisTicket.hand_over``)."""
 
 
 class Ticket(Generic[K]):

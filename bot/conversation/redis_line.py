@@ -15,6 +15,14 @@ their turn may have come from a message on ``P:line`` (published when a ticket
 leaves or a lapsed one is purged), and look anyway every ``lease / 3`` seconds, or
 at the moment the first running lease would lapse, whichever is sooner — that
 bounds the hand-over after a crash by about one lease.
+
+Messages on their way count too. Telegram sends a chat's next update once the
+previous one was answered, but a replica answers at once and processes after, so
+the next message, on another replica, could take its place first. So a replica
+registers each message in ``arriving`` as it receives it (before answering
+Telegram), and a waiting ticket does not start while an earlier message of its
+conversation is still on its way: until that one takes its place (``enter``
+removes it), is withdrawn (it was not a prompt), or lapses with its replica.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -33,7 +41,7 @@ from redis.exceptions import RedisError
 
 from bot.storage.keys import Keys
 
-from .line import LineDroppedError
+from .line import HandedOverError, LineDroppedError
 from .pubsub import Subscriber
 
 __all__ = ["DEFAULT_LEASE", "RedisLine", "RedisTicket"]
@@ -44,9 +52,10 @@ K = TypeVar("K", bound=Hashable)
 
 DEFAULT_LEASE: Final = 15.0  # seconds a silent holder keeps its place
 
-# KEYS = running, waiting, alive, senders; ARGV[1..3] = channel, conversation, lease (ms).
+# KEYS = running, waiting, alive, senders, arriving; ARGV[1..3] = channel, conversation,
+# lease (ms).
 _PRELUDE: Final = """
-local running, waiting, alive, senders = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local running, waiting, alive, senders, arriving = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local lease = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -55,21 +64,33 @@ local function forget(ticket)
   redis.call('ZREM', alive, ticket)
   redis.call('HDEL', senders, ticket)
 end
--- Leases and places whose owners stopped pushing their deadlines back.
+-- Leases, places and arrivals whose owners stopped pushing their deadlines back.
 local function purge()
   local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', now)
   for _, ticket in ipairs(lapsed) do redis.call('ZREM', running, ticket); forget(ticket) end
   local late = redis.call('ZRANGEBYSCORE', alive, '-inf', now)
   for _, ticket in ipairs(late) do redis.call('ZREM', waiting, ticket); forget(ticket) end
-  if #lapsed + #late > 0 then notify() end
+  local lost = redis.call('ZREMRANGEBYSCORE', arriving, '-inf', now)
+  if #lapsed + #late + lost > 0 then notify() end
+end
+-- A message that was on its way takes its place, or none: later ones may go.
+local function arrived(message)
+  if redis.call('ZREM', arriving, message) > 0 and redis.call('ZCARD', waiting) > 0 then
+    notify()
+  end
 end
 -- Every key outlives the deadlines in it, and no longer.
 local function keep()
   for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, 2 * lease + 1000) end
 end
 -- Would `ticket` start now? Line._advance's rule: waiting tickets start in order
--- while places are free, each behind its own asker's running (or earlier) ticket.
+-- while places are free, each behind its own asker's running (or earlier) ticket;
+-- and none before an earlier message on its way has its place.
 local function eligible(ticket, max_running)
+  local order = tonumber(redis.call('ZSCORE', waiting, ticket))
+  for _, message in ipairs(redis.call('ZRANGE', arriving, 0, -1)) do
+    if tonumber(message) < order then return false end
+  end
   local ran = redis.call('ZRANGE', running, 0, -1)
   local free = max_running - #ran
   local busy = {}
@@ -100,6 +121,8 @@ _ENTER: Final = (
 purge()
 local ticket, sender = ARGV[4], ARGV[5]
 local max_running, max_waiting = tonumber(ARGV[7]), tonumber(ARGV[8])
+local order = tonumber(ARGV[6])
+if order then arrived(ARGV[6]) end
 if redis.call('ZCARD', waiting) >= max_waiting then
   -- Full, unless this one would start at once.
   if redis.call('ZCARD', running) >= max_running then return 0 end
@@ -107,7 +130,6 @@ if redis.call('ZCARD', waiting) >= max_waiting then
     if held == sender then return 0 end
   end
 end
-local order = tonumber(ARGV[6])
 if not order then
   local last = redis.call('ZRANGE', waiting, -1, -1, 'WITHSCORES')
   order = last[2] and tonumber(last[2]) + 1 or 0
@@ -181,6 +203,45 @@ return #dropped
 """
 )
 
+# ARGV[4] = ticket. Its new owner looks after it from now: 2 (running), 1 (waiting), or
+# 0 (gone: it lapsed or was dropped).
+_ADOPT: Final = (
+    _PRELUDE
+    + """
+purge()
+local ticket = ARGV[4]
+local status = 0
+if redis.call('ZSCORE', running, ticket) then
+  redis.call('ZADD', running, now + lease, ticket)
+  status = 2
+elseif redis.call('ZSCORE', waiting, ticket) then
+  redis.call('ZADD', alive, now + lease, ticket)
+  status = 1
+end
+keep()
+return status
+"""
+)
+
+# ARGV[4] = message id.
+_ARRIVE: Final = (
+    _PRELUDE
+    + """
+redis.call('ZADD', arriving, now + lease, ARGV[4])
+redis.call('PEXPIRE', arriving, 2 * lease + 1000)
+return 1
+"""
+)
+
+# ARGV[4] = message id.
+_WITHDRAW: Final = (
+    _PRELUDE
+    + """
+arrived(ARGV[4])
+return 1
+"""
+)
+
 _COUNTS: Final = (
     _PRELUDE
     + """
@@ -193,7 +254,8 @@ return {redis.call('ZCARD', running), redis.call('ZCARD', waiting)}
 class RedisTicket(Generic[K]):
     """A place in a shared line. From creation, a background task looks after it:
     while it waits, it tries to start (pushing its place's deadline back); once it
-    runs, it renews the lease until the ticket is given up."""
+    runs, it renews the lease until the ticket is given up — or handed over to
+    another replica (:meth:`hand_over`), which then looks after it."""
 
     def __init__(self, line: RedisLine[K], key: K, ticket_id: str, *, running: bool) -> None:
         self._line, self.key, self.id = line, key, ticket_id
@@ -201,7 +263,47 @@ class RedisTicket(Generic[K]):
         self._wake = asyncio.Event()
         if running:
             self._turn.set_result(None)
-        self._left: asyncio.Task[None] | None = None
+        self._left: asyncio.Future[None] | None = None
+        self._paused = False
+        self._keeper = asyncio.create_task(self._keep())
+
+    @property
+    def _looking(self) -> bool:
+        return self._left is None and not self._paused
+
+    async def hand_over(
+        self, send: Callable[[], Awaitable[None]], *, if_waiting: bool = False
+    ) -> bool:
+        """Give the place to another replica: stop looking after it (it stays in the
+        line), ``await send()`` (which tells the others this ticket's id), and from
+        then on neither renew nor leave it. A holder still waiting for its turn gets
+        :class:`HandedOverError`. With ``if_waiting``, a ticket whose turn has come
+        is kept (False). When ``send`` fails, the ticket is looked after again and
+        the error propagates."""
+        if self._left is not None or self._paused:  # gone, or being handed over already
+            return False
+        self._paused = True
+        # redis-py may swallow the cancellation mid-command: the keeper also stops
+        # at its next look, as it is paused.
+        self._keeper.cancel()
+        await asyncio.wait({self._keeper})
+        if if_waiting and self._turn.done():
+            self._resume()
+            return False
+        try:
+            await send()
+        except BaseException:
+            self._resume()
+            raise
+        self._left = asyncio.get_running_loop().create_future()
+        self._left.set_result(None)  # nothing to give up: the place is the new owner's
+        if not self._turn.done():
+            self._turn.set_exception(HandedOverError())
+            self._turn.exception()  # retrieved: __aenter__ may never come
+        return True
+
+    def _resume(self) -> None:
+        self._paused = False
         self._keeper = asyncio.create_task(self._keep())
 
     async def __aenter__(self) -> Self:
@@ -235,8 +337,8 @@ class RedisTicket(Generic[K]):
                 if not waiters:
                     line._waiters.pop(str(self.key), None)
         if not self._turn.done() or self._turn.exception() is not None:
-            return  # given up, dropped or failed: no lease to keep
-        while self._left is None:
+            return  # given up, dropped, failed or paused: no lease to keep
+        while self._looking:
             await asyncio.sleep(line.lease / 3)
             try:
                 if not await line._call(line._renew, self.key, self.id):
@@ -247,7 +349,7 @@ class RedisTicket(Generic[K]):
 
     async def _wait_for_turn(self) -> None:
         line = self._line
-        while self._left is None:
+        while self._looking:
             self._wake.clear()  # before looking: a notice that comes meanwhile is kept
             wait = line.lease / 3
             try:
@@ -316,6 +418,9 @@ class RedisLine(Generic[K]):
         self._leave = redis.register_script(_LEAVE)
         self._drop = redis.register_script(_DROP)
         self._counts = redis.register_script(_COUNTS)
+        self._adopt = redis.register_script(_ADOPT)
+        self._arrive = redis.register_script(_ARRIVE)
+        self._withdraw = redis.register_script(_WITHDRAW)
         subscriber.on(keys.line_channel, self._moved)
 
     def _moved(self, conversation: bytes) -> None:
@@ -350,6 +455,23 @@ class RedisLine(Generic[K]):
 
     async def drop(self, key: K) -> None:
         await self._call(self._drop, key)
+
+    async def adopt(self, key: K, ticket_id: str) -> RedisTicket[K] | None:
+        """Look after a place another replica handed over (:meth:`RedisTicket.hand_over`);
+        None when it is gone (it lapsed meanwhile, or the line was dropped)."""
+        status = await self._call(self._adopt, key, ticket_id)
+        if status == 0:
+            return None
+        return RedisTicket(self, key, ticket_id, running=status == 2)
+
+    async def arrive(self, key: K, order: int) -> None:
+        """Message ``order`` of ``key`` reached a replica: prompts ordered after it
+        wait (on every replica) until it takes its place or is withdrawn."""
+        await self._call(self._arrive, key, order)
+
+    async def withdraw(self, key: K, order: int) -> None:
+        """Message ``order`` will not take a place (it was no prompt, or waits aside)."""
+        await self._call(self._withdraw, key, order)
 
     async def counts(self, key: K) -> tuple[int, int]:
         running, waiting = await self._call(self._counts, key)

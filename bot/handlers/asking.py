@@ -28,7 +28,7 @@ async def ask(
         # Maybe the first piece of a split paste: it waits for the rest, and must not
         # hold up later messages of the conversation meanwhile. It takes its place in
         # the line when the paste is complete.
-        answerer.arrivals.leave(conversation, message.message_id)
+        await answerer.arrivals.leave(conversation, message.message_id)
     # A piece of a split paste waits for the rest, or joins the paste waiting for it.
     merged = await paste_merger.merge(PasteKey(conversation, sender_of(message)), message, prompt)
     if merged is None:

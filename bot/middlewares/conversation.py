@@ -41,4 +41,4 @@ class ConversationMiddleware(BaseMiddleware):
         try:
             return await handler(event, data)
         finally:
-            self._arrivals.leave(conversation, event.message_id)
+            await self._arrivals.leave(conversation, event.message_id)

@@ -82,19 +82,36 @@ class Keys:
         """When the chat's last answer call (first message or edit) went."""
         return f"{self.prefix}:telegram:answered:{chat_id}"
 
-    def line(self, conversation: object) -> tuple[str, str, str, str]:
+    def line(self, conversation: object) -> tuple[str, str, str, str, str]:
         """A conversation's line (``bot/conversation/redis_line.py``):
         ``P:line:{c}:running`` (sorted set: ticket → lease deadline, ms),
         ``P:line:{c}:waiting`` (sorted set: ticket → message id),
         ``P:line:{c}:alive`` (sorted set: waiting ticket → its own deadline, ms),
-        ``P:line:{c}:senders`` (hash: ticket → asker)."""
+        ``P:line:{c}:senders`` (hash: ticket → asker),
+        ``P:line:{c}:arriving`` (sorted set: message id on its way → deadline, ms)."""
         base = f"{self.prefix}:line:{conversation}"
-        return f"{base}:running", f"{base}:waiting", f"{base}:alive", f"{base}:senders"
+        return (
+            f"{base}:running",
+            f"{base}:waiting",
+            f"{base}:alive",
+            f"{base}:senders",
+            f"{base}:arriving",
+        )
 
     @property
     def line_channel(self) -> str:
         """Pub/sub channel: a conversation's line moved (the message is the conversation)."""
         return f"{self.prefix}:line"
+
+    @property
+    def handback(self) -> str:
+        """List of prompts a draining replica handed to the others (JSON, oldest first)."""
+        return f"{self.prefix}:handback"
+
+    @property
+    def handback_channel(self) -> str:
+        """Pub/sub channel: a prompt was handed back (the message is empty)."""
+        return f"{self.prefix}:handback"
 
     @property
     def control_channel(self) -> str:

@@ -8,6 +8,11 @@ another replica), and answered 200 at once: the update is processed in a
 background task, since an answer streams for up to minutes and Telegram would
 time out and redeliver. A claim that cannot be made (Redis down) is answered 503,
 so Telegram tries again later rather than the update being lost or run twice.
+
+Before the 200, a message is announced to its conversation's shared line
+(``bot/conversation/arrivals.py``): Telegram sends a chat's next update only once
+this one is answered, so the announcement keeps the chat's prompts in order even
+when the next one reaches another replica and is processed faster.
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ from typing import Any, Final, Protocol
 
 from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramAPIError
+from aiogram.methods import TelegramMethod
+from aiogram.types import Update
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.conversation.arrivals import Arrivals
+from bot.middlewares.conversation import conversation_of
 from bot.observability import Metrics
-from bot.storage.keys import Keys
+from bot.storage.keys import ConversationKey, Keys
 from bot.transport.health import Health
 
 __all__ = [
@@ -81,8 +91,12 @@ class MemoryUpdateClaims:
         return True
 
 
+Arrival = tuple[ConversationKey, int]  # a message: its conversation and id
+
+
 class WebhookHandler(SimpleRequestHandler):
-    """aiogram's handler, plus the claim, the drain state and task tracking."""
+    """aiogram's handler, plus the claim, the announcement, the drain state and task
+    tracking."""
 
     def __init__(
         self,
@@ -93,6 +107,7 @@ class WebhookHandler(SimpleRequestHandler):
         claims: UpdateClaims,
         health: Health,
         metrics: Metrics,
+        arrivals: Arrivals[ConversationKey] | None = None,
         **data: Any,
     ) -> None:
         super().__init__(
@@ -101,6 +116,7 @@ class WebhookHandler(SimpleRequestHandler):
         self._claims = claims
         self._health = health
         self._metrics = metrics
+        self._arrivals = arrivals or Arrivals()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -111,10 +127,11 @@ class WebhookHandler(SimpleRequestHandler):
             log.warning("webhook request without the right secret token from %s", request.remote)
             return web.Response(status=401, text="Unauthorized")
         try:
-            update = await request.json(loads=self.bot.session.json_loads)
-            update_id = int(update["update_id"])
-        except (ValueError, TypeError, KeyError):
+            raw = await request.json(loads=self.bot.session.json_loads)
+            update = Update.model_validate(raw, context={"bot": self.bot})
+        except (ValueError, TypeError, ValidationError):
             return web.Response(status=400, text="not an update")
+        update_id = update.update_id
         try:
             fresh = await self._claims.claim(update_id)
         except (RedisError, OSError) as exc:
@@ -126,16 +143,25 @@ class WebhookHandler(SimpleRequestHandler):
             self._metrics.webhook_duplicates.inc()
             log.info("update %s already claimed: skipped", update_id)
             return web.json_response({})
-        task = asyncio.create_task(self._process(update), name=f"update-{update_id}")
+        arrival = None
+        if update.message is not None:
+            arrival = conversation_of(update.message), update.message.message_id
+            await self._arrivals.announce(*arrival)
+        task = asyncio.create_task(self._process(update, arrival), name=f"update-{update_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.json_response({})
 
-    async def _process(self, update: dict[str, Any]) -> None:
+    async def _process(self, update: Update, arrival: Arrival | None) -> None:
         try:
-            await self._background_feed_update(self.bot, update)
+            result = await self.dispatcher.feed_update(self.bot, update, **self.data)
+            if isinstance(result, TelegramMethod):
+                await self.dispatcher.silent_call_request(bot=self.bot, result=result)
         except Exception:  # one bad update must not go unnoticed, nor stop the others
-            log.exception("update %s failed", update.get("update_id"))
+            log.exception("update %s failed", update.update_id)
+        finally:
+            if arrival is not None:  # also when no handler saw it (a stranger, stale)
+                await self._arrivals.leave(*arrival)
 
     async def close(self) -> None:
         """The composition root closes the bot's session (after the drain)."""
@@ -183,6 +209,7 @@ async def run_webhook(
     drop_pending: bool,
     drain: Callable[[float], Awaitable[None]],
     shutdown_timeout: float,
+    arrivals: Arrivals[ConversationKey] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain (503 meanwhile) and stop.
 
@@ -191,7 +218,13 @@ async def run_webhook(
     """
     app = web.Application()
     handler = WebhookHandler(
-        dispatcher, bot, secret_token=secret, claims=claims, health=health, metrics=metrics
+        dispatcher,
+        bot,
+        secret_token=secret,
+        claims=claims,
+        health=health,
+        metrics=metrics,
+        arrivals=arrivals,
     )
     handler.register(app, path=path)
     health.register(app)

@@ -1,0 +1,84 @@
+"""``python -m bot`` in webhook mode as a real process: its environment, its start, and
+what the tests read from it (health, Prometheus metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aiohttp
+
+from tests.bot_process import bot_env, start_bot
+from tests.fake_gptalk import FakeGPTalk
+from tests.fake_telegram import FakeTelegram
+
+__all__ = ["PATH", "SECRET", "free_port", "get", "launch", "metric", "wait_ready", "webhook_env"]
+
+SECRET = "webhook-s3cret_XYZ"
+PATH = "/tg/hook"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def webhook_env(
+    tg: FakeTelegram, gptalk: FakeGPTalk, port: int, *, url: str | None = None, **settings: str
+) -> dict[str, str]:
+    """A replica serving ``PATH`` on ``port``; ``url`` is the public one it registers
+    (default: its own address)."""
+    return bot_env(
+        tg,
+        gptalk,
+        WEBHOOK_URL=url or f"http://127.0.0.1:{port}{PATH}",
+        WEBHOOK_SECRET=SECRET,
+        WEBHOOK_HOST="127.0.0.1",
+        WEBHOOK_PORT=str(port),
+        **settings,
+    )
+
+
+async def get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, str]:
+    async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.text()
+
+
+async def wait_ready(http: aiohttp.ClientSession, port: int, timeout: float = 30) -> None:  # noqa: ASYNC109
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            if (await get(http, port, "/readyz"))[0] == 200:
+                return
+        except aiohttp.ClientError:
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"replica on port {port} not ready")
+        await asyncio.sleep(0.1)
+
+
+async def launch(
+    procs: list[asyncio.subprocess.Process],
+    http: aiohttp.ClientSession,
+    env: dict[str, str],
+    workdir: Path,
+    port: int,
+) -> asyncio.subprocess.Process:
+    proc = await start_bot(env, workdir)
+    procs.append(proc)
+    await wait_ready(http, port)
+    return proc
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"{name}{{{want}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
