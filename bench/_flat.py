@@ -1,7 +1,8 @@
 """Flat cost: N conversations streaming at once, the bot's CPU per streamed chunk.
 
-The real bot (``tests/bot_harness.py``: production factory, aiogram polling, Redis)
-against the strict ``FakeTelegram`` in real time; the fake GPTalk runs in a child process
+The real bot (``tests/bot_harness.py``: production factory, aiogram polling; with Redis,
+or with ``redis_url=None`` the in-process budgets and stores) against the strict
+``FakeTelegram`` in real time; the fake GPTalk runs in a child process
 (``bench/_gptalk_server.py``) so that this process's CPU time is the bot's (plus the fake
 Bot API, whose work is bounded by the 30 calls/s it accepts). Each answer is streamed in
 ``step``-character lines every ``delay`` seconds (defaults: 8 characters every 50 ms).
@@ -14,6 +15,9 @@ bots use, against the same fake Bot API (they live here, not in ``bot/``):
   stream's loop, without coalescing across chats or priorities; a 429 is waited out
   (``retry_after``) and the same call retried.
 
+and the bot itself with ``STREAM_MODE=draft`` (strategy ``draft``: the answer grows in
+``sendMessageDraft`` calls, which count against the same limits, and ends as a message).
+
 Used by ``python -m bench.bench_load --sweep 100,200,500,1000`` and ``bench/plots.py``.
 Everything is recorded as JSON-ready dicts (``FlatRun.to_json``).
 """
@@ -24,10 +28,12 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import resource
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -48,6 +54,7 @@ from tests.fake_telegram import FakeTelegram
 
 USER_ID_BASE = 100_000
 TELEGRAM_RATE = 30.0  # calls per second bot-wide: the physical limit of every strategy
+NAIVE = ("char-delta", "interval")
 
 
 def _cpu_s() -> float:
@@ -135,6 +142,62 @@ class LagSampler:
             self.cpu.append((time.monotonic(), _cpu_s()))
 
 
+class StrictTelegram(FakeTelegram):
+    """The strict fake Bot API, also noting which limit each 429 hit: ``bot-wide`` (30
+    calls arrived in the last second) or ``chat`` (the chat's own budget)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.too_many_by: Counter[str] = Counter()
+
+    def _rate_check(self, chat_id: int) -> None:
+        before = self.too_many_requests
+        bot_wide = self.enforce_limits and self._global_window.wait(self.now()) > 0
+        try:
+            super()._rate_check(chat_id)
+        finally:
+            if self.too_many_requests > before:
+                self.too_many_by["bot-wide" if bot_wide else "chat"] += 1
+
+
+def busiest_second(calls: list[tuple[float, str, int]]) -> int:
+    """The most successful send/edit/draft calls that arrived within one second."""
+    times = sorted(t for t, _m, status in calls if status == 200)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+class BudgetEvents(logging.Handler):
+    """The Redis budgets' warnings (``Redis failed …``: this process's budgets take
+    over) and recoveries, with the fake Bot API's time, to set beside its 429s."""
+
+    LOGGER = "bot.delivery.redis_budgets"
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(logging.INFO)
+        self.clock = clock
+        self.events: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append((self.clock(), record.getMessage()))
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        logger = logging.getLogger(self.LOGGER)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        try:
+            yield
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+
+
 class TimedTracker(UpdateTracker):
     """The harness's tracker, also noting when each update was fully handled."""
 
@@ -177,13 +240,30 @@ class FlatRun:
     stretch: list[float]  # per stream: read duration − the server's nominal duration, s
     stream_cpu_share: float  # CPU s / wall s while streams were being read
     calls: list[tuple[float, str, int]] = field(default_factory=list)  # (t, method, status)
+    backend: str = "redis"  # the bot's budgets and stores ("memory": in-process); naive: ""
+    too_many_by: dict[str, int] = field(default_factory=dict)  # 429s by the limit they hit
+    events: list[tuple[float, str]] = field(default_factory=list)  # (t, budgets' log line)
+
+    @property
+    def label(self) -> str:
+        if self.strategy == "bot":
+            return f"bot, {self.backend}"
+        if self.strategy == "draft":
+            return f"bot drafts, {self.backend}"
+        return self.strategy
 
     @property
     def us_per_chunk(self) -> float:
         return self.cpu_s / max(1, self.chunks) * 1e6
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Samples to 0.1 ms: the data files are committed, and the clocks are no finer.
+        return {
+            key: [round(v, 4) for v in value]
+            if isinstance(value, list) and value and isinstance(value[0], float)
+            else value
+            for key, value in asdict(self).items()
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FlatRun:
@@ -198,12 +278,13 @@ def _status(call: Any) -> int:
     return 429 if str(call.description).startswith("Too Many Requests") else 400
 
 
+MESSAGE_CALLS = ("sendMessage", "editMessageText", "sendMessageDraft")
+
+
 def _calls(tg: FakeTelegram, t0: float) -> list[tuple[float, str, int]]:
     # Call.at is FakeTelegram.now() (real time at time_scale 1), t0 the same clock.
     return [
-        (round(c.at - t0, 4), c.method, _status(c))
-        for c in tg.calls
-        if c.method in ("sendMessage", "editMessageText")
+        (round(c.at - t0, 4), c.method, _status(c)) for c in tg.calls if c.method in MESSAGE_CALLS
     ]
 
 
@@ -226,15 +307,20 @@ def _stretch(watch: StreamWatch, nominal: float) -> list[float]:
 async def run_bot(
     n: int, *, url: str, server_pid: int, redis_url: str | None, chars: int, step: int,
     delay: float, timeout: float,  # noqa: ASYNC109 — a budget for the whole run
+    stream_mode: str = "edit",
 ) -> FlatRun:  # fmt: skip
+    """The bot at N; ``redis_url=None``: in-process budgets and stores; ``stream_mode``
+    ``"draft"``: private answers stream as drafts."""
     lines = -(-chars // step)
-    tg = FakeTelegram()
+    tg = StrictTelegram()
     await tg.start()
     remote = cast(FakeGPTalk, type("RemoteGPTalk", (), {"url": url})())
-    harness = BotHarness(tg, remote, redis_url=redis_url)
+    # Only set when wanted: older trees measured with ``--before-tree`` have no drafts.
+    modes: dict[str, Any] = {"stream_mode": stream_mode} if stream_mode != "edit" else {}
+    harness = BotHarness(tg, remote, redis_url=redis_url, **modes)
     tracker = TimedTracker()
     harness.tracker = tracker
-    sampler, watch = LagSampler(), StreamWatch()
+    sampler, watch, events = LagSampler(), StreamWatch(), BudgetEvents(tg.now)
     try:
         await harness.start()
         # As `python -m bot` does once the application is built (bot/__main__.py):
@@ -246,7 +332,7 @@ async def run_bot(
         update_of: dict[int, int] = {}
         chat_of: dict[int, int] = {}
         sampling = asyncio.create_task(sampler.run())
-        with watch.watching():
+        with watch.watching(), events.watching():
             cpu0, server0, wall0 = _cpu_s(), process_cpu_seconds(server_pid), time.monotonic()
             t0 = tg.now()
             for i, user in enumerate(users):
@@ -264,20 +350,21 @@ async def run_bot(
             wall_s, cpu_s = time.monotonic() - wall0, _cpu_s() - cpu0
             server_cpu_s = process_cpu_seconds(server_pid) - server0
         sampling.cancel()
-        firsts: dict[int, float] = {}
-        finals: dict[int, float] = {}
+        firsts: dict[int, float] = {}  # the first message or draft the user sees
+        finals: dict[int, float] = {}  # the last message or edit (a draft is never final)
         for call in tg.calls:
-            if call.ok and call.method in ("sendMessage", "editMessageText"):
+            if call.ok and call.method in MESSAGE_CALLS:
                 chat = call.params["chat_id"]
-                if call.method == "sendMessage":
+                if call.method != "editMessageText":
                     firsts.setdefault(chat, call.at)
-                finals[chat] = call.at
+                if call.method != "sendMessageDraft":
+                    finals[chat] = call.at
         correct = 0
         for i in range(n):
             expected = "".join(p.text for p in split(render(answer_for(i, chars))))
             correct += "".join(m.text for m in tg.bot_messages(chat_of[i])) == expected
         return FlatRun(
-            strategy="bot",
+            strategy="draft" if stream_mode == "draft" else "bot",
             n=n,
             answer_chars=chars,
             step=step,
@@ -296,6 +383,9 @@ async def run_bot(
             stretch=_stretch(watch, (lines - 1) * delay),
             stream_cpu_share=_stream_share(sampler, watch),
             calls=_calls(tg, t0),
+            backend="redis" if redis_url else "memory",
+            too_many_by=dict(tg.too_many_by),
+            events=[(round(t - t0, 3), line) for t, line in events.events],
         )
     finally:
         gc.unfreeze()
@@ -361,7 +451,8 @@ async def run_naive(
 
     lines = -(-chars // step)
     sampler, watch = LagSampler(), StreamWatch()
-    async with FakeTelegram() as tg:
+    tg = StrictTelegram()
+    async with tg:
         bot = Bot(tg.token, session=AiohttpSession(api=TelegramAPIServer.from_base(tg.url)))
         client = GPTalkClient(base_url=url, token_store=MemoryTokenStore(), max_uses=5)
         chats = [tg.private_chat(tg.add_user(USER_ID_BASE + i, f"U{i}"))["id"] for i in range(n)]
@@ -416,6 +507,8 @@ async def run_naive(
             stretch=_stretch(watch, (lines - 1) * delay),
             stream_cpu_share=_stream_share(sampler, watch),
             calls=_calls(tg, t0),
+            backend="",
+            too_many_by=dict(tg.too_many_by),
         )
 
 
@@ -428,13 +521,15 @@ def summary_rows(runs: list[FlatRun]) -> list[list[object]]:
 
     rows: list[list[object]] = []
     for r in runs:
+        ok = Counter(method for _t, method, status in r.calls if status == 200)
         rows.append(
             [
-                r.strategy,
+                r.label,
                 r.n,
                 f"{r.complete}/{r.n}",
                 f"{r.correct}/{r.n}",
                 r.too_many,
+                f"{sum(ok.values())} ({ok['sendMessageDraft']})",
                 f"{r.us_per_chunk:.0f}",
                 f"{r.cpu_s:.1f}",
                 f"{r.stream_cpu_share:.0%}",
@@ -449,12 +544,27 @@ def summary_rows(runs: list[FlatRun]) -> list[list[object]]:
     return rows
 
 
+def too_many_story(run: FlatRun) -> str:
+    """Where a run's 429s came from: the limit each hit, when, the busiest second at
+    the fake, and the budgets' events (a Redis timeout hands over to this process)."""
+    limited = [t for t, _m, status in run.calls if status == 429]
+    by = ", ".join(f"{count} {limit}" for limit, count in sorted(run.too_many_by.items()))
+    span = f"at {min(limited):.1f}–{max(limited):.1f} s" if limited else "none"
+    lines = [
+        f"{run.too_many} × 429 ({by or 'limit unknown'}) {span}; "
+        f"busiest second at the fake: {busiest_second(run.calls)} ok calls"
+    ]
+    lines += [f"  - {t:.1f} s: {line}" for t, line in run.events]
+    return "\n".join(lines)
+
+
 SUMMARY_HEADERS = [
     "strategy",
     "N",
     "complete",
     "exact",
     "429s",
+    "ok calls (drafts)",
     "CPU µs/chunk",
     "CPU s",
     "CPU while streaming (of 1 core)",

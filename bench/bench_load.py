@@ -452,9 +452,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--delay", type=float, default=0.05, help="--sweep: s between lines")
     parser.add_argument(
+        "--backends",
+        default="redis",
+        help="--sweep: run the bot with these budget backends at each N (redis,memory; "
+        "memory = no REDIS_URL: in-process budgets and stores)",
+    )
+    parser.add_argument(
         "--naive",
+        "--compare",
+        dest="naive",
         default="",
-        help="--sweep: also run these naive editors at each N (char-delta,interval)",
+        help="--sweep: also run these strategies at each N: the naive editors char-delta "
+        "and interval, and draft (the bot with STREAM_MODE=draft, the first backend)",
     )
     parser.add_argument("--json", metavar="PATH", help="--sweep: write every run as JSON here")
     args = parser.parse_args(argv)
@@ -487,23 +496,40 @@ def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
     """The flat-cost sweep: the bot (and optionally naive editors) at each N."""
     step = args.step if args.step != 30 else 8  # the sweep's default is 8-char lines
     runs: list[_flat.FlatRun] = []
+    backends = [name for name in args.backends.split(",") if name]
     naive = [name for name in args.naive.split(",") if name]
+    unknown = (set(backends) - {"redis", "memory"}) | (set(naive) - {*_flat.NAIVE, "draft"})
+    if unknown or not backends:
+        raise SystemExit(f"unknown backends or strategies: {', '.join(sorted(unknown))}")
     with (
         private_redis() as (redis_url, _redis_pid),
         _flat.gptalk_server(args.answer_chars, step, args.delay) as (url, server_pid),
     ):
-        for n in args.sweep:
-            timeout = args.timeout or 120 + n / 10
-            redis_sync.Redis.from_url(redis_url).flushall()
+
+        def bot(n: int, backend: str, stream_mode: str, timeout: float) -> _flat.FlatRun:
+            if backend == "redis":
+                redis_sync.Redis.from_url(redis_url).flushall()
             run = asyncio.run(
                 _flat.run_bot(
-                    n, url=url, server_pid=server_pid, redis_url=redis_url,
+                    n, url=url, server_pid=server_pid,
+                    redis_url=redis_url if backend == "redis" else None,
                     chars=args.answer_chars, step=step, delay=args.delay, timeout=timeout,
+                    stream_mode=stream_mode,
                 )
             )  # fmt: skip
-            runs.append(run)
-            print(f"  … bot, N = {n}: {run.us_per_chunk:.0f} µs/chunk, load {load_average()}")
+            print(
+                f"  … {run.label}, N = {n}: {run.us_per_chunk:.0f} µs/chunk, "
+                f"{run.too_many} × 429, load {load_average()}"
+            )
+            return run
+
+        for n in args.sweep:
+            timeout = args.timeout or 120 + n / 10
+            runs += [bot(n, backend, "edit", timeout) for backend in backends]
             for name in naive:
+                if name == "draft":
+                    runs.append(bot(n, backends[0], "draft", timeout))
+                    continue
                 run = asyncio.run(
                     _flat.run_naive(
                         name, n, url=url, server_pid=server_pid, chars=args.answer_chars,
@@ -518,6 +544,9 @@ def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
         "(bot or naive editors + fake Bot API); times from the user's message:\n"
     )
     print(table(_flat.SUMMARY_HEADERS, _flat.summary_rows(runs)))
+    for run in runs:
+        if run.too_many or run.events:
+            print(f"\n{run.label}, N = {run.n}: {_flat.too_many_story(run)}")
     print(f"\nload average at the end: {load_average()}")
     if args.json:
         _flat.dump(runs, args.json)

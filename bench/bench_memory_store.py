@@ -23,10 +23,9 @@ from typing import Any
 
 import bot.storage.history
 from bench._common import load_average, machine, table
-from bot.storage.history import MemoryHistoryStore
+from bot.storage.history import MemoryHistoryStore, Turn
 from bot.storage.keys import ConversationKey
 from bot.storage.user_limits import MemoryUserLimits
-from gptalk import Message
 
 
 class Clock:
@@ -49,7 +48,7 @@ async def history(size: int, writes: int, rng: random.Random) -> list[Any]:
     ttl = 3600.0
     clock = Clock()
     store = MemoryHistoryStore(max_messages=20, ttl=ttl, clock=clock)
-    turn = Message(role="user", content="hello")
+    turn = Turn(role="user", content="hello")
     step = ttl / size * 0.999  # about `size` conversations alive at any time
     for n in range(size):
         clock.now += step

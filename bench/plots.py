@@ -1,14 +1,16 @@
 """Regenerate every plot of bench/REPORT.md: ``.venv/bin/python -m bench.plots``.
 
-Runs the measurements first (``bench_load --sweep``: the bot at N = 100, 200, 500, 1000;
-the bot and the naive editors at N = 200), writes them to ``bench/plots/data/*.json``,
-then draws ``bench/plots/*.png``. ``--from-data`` only draws, from the JSON files in the
+Runs the measurements first (``bench_load --sweep``: the bot at N = 25 … 1000 with the
+Redis and the in-process budgets; at N = 200 the bot, the naive editors and the bot
+streaming drafts), writes them to ``bench/plots/data/*.json``, then draws
+``bench/plots/*.png``. ``--from-data`` only draws, from the JSON files in the
 repository. The "before" series (commit ``f0cc985``) is measured only with
 ``--before-tree PATH`` (a checkout of that commit with this ``bench/`` and
 ``tests/fake_telegram.py`` copied in); otherwise the committed
 ``data/flat_before.json`` is drawn.
 
-Needs matplotlib (``pip install -e '.[dev]'``). Takes ~15 minutes with measurements.
+Needs matplotlib (``pip install -e '.[dev]'``). Takes ~7 minutes with measurements
+(~10 with ``--before-tree``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,22 @@ from bench._flat import TELEGRAM_RATE, FlatRun, load
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "plots"
 DATA = OUT / "data"
-SIZES = "100,200,500,1000"
-SMALL_SIZES = "25,50"  # after only: where the event loop is not yet saturated
+SIZES = "25,50,100,200,500,1000"
+BEFORE_SIZES = "100,200,500,1000"
 NAIVE_N = "200"
-COLORS = {"bot": "tab:blue", "char-delta": "tab:red", "interval": "tab:orange"}
+COLORS = {
+    "bot": "tab:blue",
+    "draft": "tab:green",
+    "char-delta": "tab:red",
+    "interval": "tab:orange",
+}
+DRAFT_COLOR = "lightgreen"
+# Plot 2's series: (runs' key, line style, label).
+LATENCY_SERIES = (
+    ("redis", "-", "Redis"),
+    ("memory", "--", "in-process"),
+    ("before", ":", "before"),
+)
 
 
 def measure(before_tree: Path | None) -> None:
@@ -43,52 +57,58 @@ def measure(before_tree: Path | None) -> None:
         command = [sys.executable, "-m", "bench.bench_load", "--sweep", sizes, "--json"]
         subprocess.run([*command, str(out), *extra], cwd=cwd, check=True)
 
-    sweep(HERE.parent, SIZES, DATA / "flat_after.json")
-    sweep(HERE.parent, SMALL_SIZES, DATA / "flat_small.json")
+    sweep(HERE.parent, SIZES, DATA / "flat_after.json", "--backends", "redis,memory")
     if before_tree is not None:
-        sweep(before_tree, SIZES, DATA / "flat_before.json")
-    sweep(HERE.parent, NAIVE_N, DATA / "naive.json", "--naive", "char-delta,interval")
+        sweep(before_tree, BEFORE_SIZES, DATA / "flat_before.json")
+    sweep(HERE.parent, NAIVE_N, DATA / "naive.json", "--naive", "char-delta,interval,draft")
 
 
 def plot_calls(runs: list[FlatRun], path: Path) -> None:
-    """Plot 1: send/edit calls per second over time, and 429s, per strategy."""
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs)), sharex=True)
+    """Plot 1: send/edit/draft calls per second over time, and 429s, per strategy."""
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.0 * len(runs)), sharex=True)
     horizon = max(max((c[0] for c in r.calls), default=0) for r in runs)
+    seconds = list(range(int(horizon) + 1))
     for ax, run in zip(axes, runs, strict=True):
-        ok = Counter(int(t) for t, _m, status in run.calls if status == 200)
+        ok = Counter(int(t) for t, m, status in run.calls if status == 200 and "Draft" not in m)
+        drafts = Counter(int(t) for t, m, status in run.calls if status == 200 and "Draft" in m)
         limited = Counter(int(t) for t, _m, status in run.calls if status == 429)
-        seconds = list(range(int(horizon) + 1))
-        ax.bar(seconds, [ok[s] for s in seconds], width=1.0, color=COLORS[run.strategy])
-        ax.bar(
-            seconds,
-            [limited[s] for s in seconds],
-            width=1.0,
-            bottom=[ok[s] for s in seconds],
-            color="black",
-            label="429",
-        )
+        bottom = [0] * len(seconds)
+        for counts, color, label in (
+            (ok, COLORS[run.strategy], "send/edit"),
+            (drafts, DRAFT_COLOR, "draft"),
+            (limited, "black", "429"),
+        ):
+            if not counts and label != "429":
+                continue
+            heights = [counts[s] for s in seconds]
+            ax.bar(seconds, heights, width=1.0, bottom=bottom, color=color, label=label)
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
         ax.axhline(TELEGRAM_RATE, color="grey", linestyle="--", linewidth=1)
         ax.set_ylabel("calls/s")
         done = max(run.final, default=float("nan"))
+        made = f"{sum(ok.values()) + sum(drafts.values())} calls ok" + (
+            f" ({sum(drafts.values())} drafts)" if drafts else ""
+        )
         ax.set_title(
-            f"{run.strategy}: {sum(ok.values())} calls ok, {run.too_many} × 429, "
-            f"last answer final at {done:.0f} s",
+            f"{run.label}: {made}, {run.too_many} × 429, last answer final at {done:.0f} s",
             fontsize=9,
         )
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=7)
     axes[-1].set_xlabel(f"seconds since {runs[0].n} users wrote at once (dashed: 30 calls/s)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def plot_latency(after: list[FlatRun], before: list[FlatRun], path: Path) -> None:
-    """Plot 2: time to first visible message and to final edit against N."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+def plot_latency(series: dict[str, list[FlatRun]], path: Path) -> None:
+    """Plot 2: time to first visible message and to final edit against N, per backend."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    everything = [r for runs in series.values() for r in runs]
     for ax, attr, title in zip(
         axes, ("first", "final"), ("first visible message", "final edit"), strict=True
     ):
-        for runs, style, label in ((after, "-", "after"), (before, ":", "before")):
+        for key, style, label in LATENCY_SERIES:
+            runs = series.get(key, [])
             if not runs:
                 continue
             ns = [r.n for r in runs]
@@ -105,8 +125,10 @@ def plot_latency(after: list[FlatRun], before: list[FlatRun], path: Path) -> Non
                     color=color,
                     label=f"{label} {'max' if q == 100 else f'p{q}'}",
                 )
-        ns = sorted({r.n for r in after + before})
-        ax.plot(ns, [n / TELEGRAM_RATE for n in ns], "k--", label="N / 30 s")
+        ns = sorted({r.n for r in everything})
+        ax.plot(
+            ns, [n / TELEGRAM_RATE for n in ns], "k-", linewidth=2.5, alpha=0.3, label="N / 30 s"
+        )
         ax.set_title(f"time to {title}", fontsize=10)
         ax.set_xlabel("N users writing at once")
         ax.grid(alpha=0.3)
@@ -117,10 +139,16 @@ def plot_latency(after: list[FlatRun], before: list[FlatRun], path: Path) -> Non
     plt.close(fig)
 
 
-def plot_cpu(after: list[FlatRun], before: list[FlatRun], path: Path) -> None:
+def plot_cpu(
+    after: list[FlatRun], memory: list[FlatRun], before: list[FlatRun], path: Path
+) -> None:
     """Plot 3: CPU per streamed chunk against N (and event-loop lag p99)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for runs, style, label in ((after, "-o", "after"), (before, ":s", "before (f0cc985)")):
+    for runs, style, label in (
+        (after, "-o", "after, Redis"),
+        (memory, "--^", "after, in-process"),
+        (before, ":s", "before (f0cc985), Redis"),
+    ):
         if not runs:
             continue
         ns = [r.n for r in runs]
@@ -145,18 +173,18 @@ def plot_cpu(after: list[FlatRun], before: list[FlatRun], path: Path) -> None:
 
 
 def draw() -> list[Path]:
-    after = [r for r in load(str(DATA / "flat_after.json")) if r.strategy == "bot"]
-    small = DATA / "flat_small.json"
-    after = sorted((load(str(small)) if small.exists() else []) + after, key=lambda r: r.n)
+    runs = sorted(load(str(DATA / "flat_after.json")), key=lambda r: r.n)
+    after = [r for r in runs if r.strategy == "bot" and r.backend == "redis"]
+    memory = [r for r in runs if r.strategy == "bot" and r.backend == "memory"]
     before_file = DATA / "flat_before.json"
     before = load(str(before_file)) if before_file.exists() else []
     naive = load(str(DATA / "naive.json"))
-    order = {"bot": 0, "char-delta": 1, "interval": 2}
+    order = {"bot": 0, "draft": 1, "char-delta": 2, "interval": 3}
     naive.sort(key=lambda r: order.get(r.strategy, 9))
     paths = [OUT / "calls_over_time.png", OUT / "latency_vs_n.png", OUT / "cpu_per_chunk.png"]
     plot_calls(naive, paths[0])
-    plot_latency(after, before, paths[1])
-    plot_cpu(after, before, paths[2])
+    plot_latency({"redis": after, "memory": memory, "before": before}, paths[1])
+    plot_cpu(after, memory, before, paths[2])
     return paths
 
 
