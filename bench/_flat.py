@@ -46,7 +46,7 @@ from aiogram.types import TelegramObject, Update
 
 import gptalk.client as gptalk_client
 from bench._common import answer_for, percentile, process_cpu_seconds
-from bot.render import render, split
+from bot.delivery.render import render, split
 from gptalk import GPTalkClient, MemoryTokenStore
 from tests.bot_harness import BotHarness, UpdateTracker
 from tests.fake_gptalk import FakeGPTalk

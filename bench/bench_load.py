@@ -48,7 +48,7 @@ from bench._common import (
     table,
 )
 from bench._flat import TimedTracker
-from bot.render import render, split
+from bot.delivery.render import render, split
 from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram

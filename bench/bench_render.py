@@ -1,6 +1,6 @@
 """Cost of Markdown rendering, and how often the streaming editor renders.
 
-Part 1: ``bot.render.render()`` and ``split()`` on model-like Markdown answers (headings,
+Part 1: ``bot.delivery.render.render()`` and ``split()`` on model-like Markdown answers (headings,
 paragraphs with bold/italic/code/links, lists, fenced code, some non-ASCII) of 1k, 10k,
 50k, 100k characters: ms per call (median of N runs, process CPU time).
 
@@ -8,11 +8,11 @@ Part 1b (``--layout-sizes``, default 10k/100k/300k): the streaming layout alone,
 answer streamed at ``--layout-rate`` characters per second (400) is laid out once per
 second (``EDIT_INTERVAL``): total process CPU of laying out every prefix, rendering the
 whole answer each time (before: ``FullLayout``, the algorithm the streaming editor used
-until 2026-11-30) and rendering only the open tail (after: ``bot.layout.StreamLayout``).
+until 2026-11-30) and rendering only the open tail (after: ``bot.delivery.layout.StreamLayout``).
 
 Part 2: one answer of each size streamed through the real bot (``BotHarness`` with
 in-process stores, ``FakeTelegram`` in real time, ``FakeGPTalk`` sending ``--step``
-more characters every ``step / rate`` seconds). ``bot.streaming.render`` (and
+more characters every ``step / rate`` seconds). ``bot.delivery.streaming.render`` (and
 ``split``/``cut_ranges``, and ``StreamingReply._layout``) are wrapped in *this process
 only* to count the renders per answer and the time they take.
 
@@ -32,11 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
-import bot.layout as layout_module
-import bot.streaming as streaming
+import bot.delivery.layout as layout_module
+import bot.delivery.streaming as streaming
 from bench._common import load_average, machine, markdown_answer, median, repeat, table
-from bot.layout import StreamLayout
-from bot.render import Rendered, cut_ranges, render, split
+from bot.delivery.layout import StreamLayout
+from bot.delivery.render import Rendered, cut_ranges, render, split
 from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
@@ -212,7 +212,7 @@ class Instrumented:
 def instrument() -> Instrumented:
     """Wrap the streaming editor's rendering functions (this process only)."""
     counters = Instrumented()
-    for name in ("render", "split", "cut_ranges"):  # names bot.layout imported
+    for name in ("render", "split", "cut_ranges"):  # names bot.delivery.layout imported
         counter: Counter = getattr(counters, name)
         setattr(layout_module, name, counter.wrap(getattr(layout_module, name)))
     layout = streaming.StreamingReply._layout

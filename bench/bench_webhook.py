@@ -33,7 +33,7 @@ import aiohttp
 
 from bench._common import answer_for, load_average, machine, percentile, private_redis, table
 from bench._flat import gptalk_server
-from bot.render import render
+from bot.delivery.render import render
 from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram

@@ -4,7 +4,7 @@
 conversation's line (one answer at a time in a private chat, several askers at once
 in a group; bot/conversation/), loads the history,
 builds the prompt within ``prompt_max_chars``, streams the provider's answer
-through a :class:`~bot.streaming.StreamingReply`, and records the answer —
+through a :class:`~bot.delivery.streaming.StreamingReply`, and records the answer —
 including its marker when it was stopped or interrupted, so the model later sees
 what the user saw.
 """
@@ -38,6 +38,7 @@ from .conversation.handback import HandBacks
 from .conversation.line import HandedOverError, Line, LineDroppedError, Lines
 from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
 from .delivery.scheduler import Scheduler
+from .delivery.streaming import ChatUnavailableError, NoRightsError, StreamingReply
 from .i18n import CATALOGS, Texts
 from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
@@ -45,7 +46,6 @@ from .storage.history import HistoryStore, Turn, question_index
 from .storage.keys import ConversationKey
 from .storage.stats import MemoryStats, Stats
 from .storage.user_limits import Decision, UserLimits, Verdict
-from .streaming import ChatUnavailableError, NoRightsError, StreamingReply
 from .unwritable import Unwritable
 
 __all__ = [

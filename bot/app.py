@@ -38,6 +38,7 @@ from bot.conversation.arrivals import Arrivals
 from bot.conversation.control import Control, LocalControl, RedisControl
 from bot.conversation.handback import HandBacks
 from bot.conversation.line import Lines
+from bot.conversation.paste_merger import MemoryPasteMerger, PasteMerger
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_line import RedisLine
 from bot.conversation.redis_paste import RedisPasteMerger
@@ -50,7 +51,6 @@ from bot.dispatcher import create_dispatcher
 from bot.handlers.stop import stop_keyboard
 from bot.lag import LagProbe
 from bot.observability import Metrics, ObserveUpdates, TelegramCallMetrics
-from bot.paste_merger import MemoryPasteMerger, PasteMerger
 from bot.providers import FallbackLLM, Provider, service_name
 from bot.providers.gptalk import GPTalkProvider
 from bot.providers.openai import OpenAIProvider

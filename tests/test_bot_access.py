@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.render import render
+from bot.delivery.render import render
 from bot.storage.keys import Keys
 from bot.storage.user_limits import RedisUserLimits, Verdict
 from tests.bot_harness import BotHarness

@@ -13,8 +13,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bot.delivery.render import render
 from bot.dispatcher import set_commands
-from bot.render import render
 from bot.storage.keys import Keys
 from bot.storage.stats import RedisStats
 from tests.bot_harness import BotHarness

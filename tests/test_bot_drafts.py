@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bot.delivery.budgets import TelegramLimits
-from bot.render import Rendered, render, split
+from bot.delivery.render import Rendered, render, split
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk

@@ -9,7 +9,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from bot.render import render, split
+from bot.delivery.render import render, split
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.delivery.budgets import TelegramLimits
+from bot.delivery.render import render
 from bot.i18n.en import EN
-from bot.render import render
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk

@@ -25,10 +25,10 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
 from bot.delivery.journal import Entry, RedisJournal
 from bot.delivery.recovery import Recovery, with_marker
+from bot.delivery.render import Rendered, render
 from bot.delivery.scheduler import Scheduler
 from bot.i18n.en import EN
 from bot.i18n.ru import RU
-from bot.render import Rendered, render
 from bot.storage.history import RedisHistoryStore
 from bot.storage.keys import ConversationKey, Keys
 from gptalk import Message

@@ -22,7 +22,7 @@ import pytest
 import redis as redis_sync
 from redis.exceptions import RedisError
 
-from bot.render import render
+from bot.delivery.render import render
 from tests.bot_harness import BotHarness
 from tests.bot_process import bot_env
 from tests.bot_process import start_bot as start_bot_process

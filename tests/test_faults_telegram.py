@@ -34,7 +34,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.delivery.budgets import TelegramLimits
-from bot.render import render, split
+from bot.delivery.render import render, split
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk

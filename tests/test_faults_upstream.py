@@ -29,9 +29,9 @@ import redis.asyncio as aioredis
 
 from bot.answering import notice_for
 from bot.delivery.budgets import TelegramLimits
+from bot.delivery.render import render, split
 from bot.i18n import EN
 from bot.providers.gptalk import provider_error
-from bot.render import render, split
 from gptalk import APIStatusError, APITimeoutError, ProtocolError, StreamInterruptedError
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory

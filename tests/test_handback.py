@@ -16,7 +16,7 @@ from bot.conversation.handback import HandBacks
 from bot.conversation.line import HandedOverError
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_line import RedisLine, RedisTicket
-from bot.render import render
+from bot.delivery.render import render
 from bot.storage.keys import ConversationKey, Keys
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk

@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.config import ConfigError, load_settings
+from bot.delivery.render import render
 from bot.dispatcher import set_commands
 from bot.i18n import CATALOGS, EN, LANGUAGES, RU, Texts, language_of
-from bot.render import render
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.delivery.journal import Entry, Journal, MemoryJournal, MemorySpace, RedisJournal
-from bot.render import render
+from bot.delivery.render import render
 from bot.storage.keys import ConversationKey, Keys
 
 LEASE = 0.6

@@ -12,8 +12,8 @@ import random
 import pytest
 
 from bench._common import markdown_answer
-from bot.layout import StreamLayout, safe_breaks
-from bot.render import Rendered, cut_ranges, render, split
+from bot.delivery.layout import StreamLayout, safe_breaks
+from bot.delivery.render import Rendered, cut_ranges, render, split
 
 
 class FullLayout:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.render import render
+from bot.delivery.render import render
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram

@@ -7,7 +7,13 @@ import itertools
 
 from aiogram.types import Message
 
-from bot.paste_merger import NEAR_LIMIT, MemoryPasteMerger, PasteKey, near_limit, sender_of
+from bot.conversation.paste_merger import (
+    NEAR_LIMIT,
+    MemoryPasteMerger,
+    PasteKey,
+    near_limit,
+    sender_of,
+)
 from bot.storage.keys import ConversationKey
 
 ANN = PasteKey(ConversationKey(1), 1)

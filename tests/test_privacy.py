@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from bot.render import render
+from bot.delivery.render import render
 from gptalk import Message
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk, Fault

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bot.delivery.render import render
 from bot.i18n import EN
 from bot.providers import (
     ProviderAuthError,
@@ -23,7 +24,6 @@ from bot.providers import (
     ProviderUnavailable,
     notice_for,
 )
-from bot.render import render
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk, Fault
 from tests.fake_openai import FakeOpenAI

@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiogram.types import Message
 
+from bot.conversation.paste_merger import NEAR_LIMIT, PasteKey
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_paste import RedisPasteMerger
-from bot.paste_merger import NEAR_LIMIT, PasteKey
 from bot.storage.keys import ConversationKey, Keys
 
 ANN = PasteKey(ConversationKey(1), 1)

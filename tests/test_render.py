@@ -6,7 +6,15 @@ import itertools
 
 import pytest
 
-from bot.render import MAX_MESSAGE_UNITS, Entity, Rendered, cut_ranges, render, split, utf16_len
+from bot.delivery.render import (
+    MAX_MESSAGE_UNITS,
+    Entity,
+    Rendered,
+    cut_ranges,
+    render,
+    split,
+    utf16_len,
+)
 
 
 def test_markdown_becomes_entities() -> None:

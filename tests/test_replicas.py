@@ -29,8 +29,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from bot.delivery.render import render
 from bot.i18n.en import EN
-from bot.render import render
 from tests.bot_process import start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import Call, FakeTelegram

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.render import render
+from bot.delivery.render import render
 from tests.bot_harness import BotHarness
 from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory

@@ -24,7 +24,7 @@ import redis as redis_sync
 
 from bot.app import StartupError, connect_redis
 from bot.config import ConfigError, load_settings
-from bot.render import render
+from bot.delivery.render import render
 from gptalk.redis_url import SentinelURL, parse_sentinel_url, redis_from_url, url_secrets
 from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import DEFAULT_ANSWER, FakeGPTalk

@@ -18,9 +18,9 @@ import pytest
 from aiogram import Bot
 
 from bot.delivery.budgets import MemoryBudgets, TelegramLimits
+from bot.delivery.render import Rendered, render, split
 from bot.delivery.scheduler import Scheduler
-from bot.render import Rendered, render, split
-from bot.streaming import ChatUnavailableError, Delivered, StreamingReply
+from bot.delivery.streaming import ChatUnavailableError, Delivered, StreamingReply
 from tests.fake_telegram import Call, FakeTelegram
 from tests.telegram_harness import make_bot
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from bot.render import render
+from bot.delivery.render import render
 from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram

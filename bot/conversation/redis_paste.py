@@ -1,4 +1,4 @@
-"""Merging split pastes whose pieces reach different replicas (see ``bot/paste_merger.py``).
+"""Merging split pastes whose pieces reach different replicas (see ``paste_merger.py``).
 
 The replica that gets the first near-limit piece opens the paste in Redis — a hash
 with its deadline, and a list of pieces — and waits for the window; pieces that
@@ -10,7 +10,7 @@ paste gone and is a prompt of its own) and answers them, in message id order, as
 one prompt.
 
 Within one process the pieces still keep their arrival order through aiogram's
-threaded filters (:class:`~bot.paste_merger.ArrivalOrder`).
+threaded filters (:class:`~bot.conversation.paste_merger.ArrivalOrder`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aiogram.types import Message
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from bot.paste_merger import JOINER, ArrivalOrder, Merged, PasteKey, near_limit
+from bot.conversation.paste_merger import JOINER, ArrivalOrder, Merged, PasteKey, near_limit
 from bot.storage.keys import Keys
 
 from .pubsub import Subscriber

@@ -39,7 +39,7 @@ from typing import Any, Final, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bot.render import Entity, Rendered
+from bot.delivery.render import Entity, Rendered
 from bot.storage.keys import ConversationKey, Keys
 
 __all__ = [

@@ -30,8 +30,8 @@ from aiogram.types import LinkPreviewOptions, ReplyParameters
 from redis.exceptions import RedisError
 
 from bot.delivery.journal import Entry, Journal, digest
+from bot.delivery.render import MAX_MESSAGE_UNITS, Entity, Rendered, render, utf16_len
 from bot.i18n import Language, texts_for
-from bot.render import MAX_MESSAGE_UNITS, Entity, Rendered, render, utf16_len
 from bot.storage.history import HistoryStore, Turn
 
 __all__ = ["Recovery", "with_marker"]

@@ -8,8 +8,8 @@ from aiogram.types import Message
 
 from bot.addressing import user_turn
 from bot.answering import Answerer
+from bot.conversation.paste_merger import PasteKey, PasteMerger, near_limit, sender_of
 from bot.i18n import Texts
-from bot.paste_merger import PasteKey, PasteMerger, near_limit, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["ask"]

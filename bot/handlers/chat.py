@@ -6,10 +6,10 @@ from aiogram import Bot, F, Router
 from aiogram.types import Message
 
 from bot.answering import Answerer
+from bot.conversation.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.entities_markdown import to_markdown
 from bot.handlers.asking import ask
 from bot.i18n import Texts
-from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]

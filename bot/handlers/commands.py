@@ -14,9 +14,9 @@ from aiogram.types import BotCommand, Message
 from bot.addressing import prompt_of, quote_of
 from bot.answering import Answerer, asker_of
 from bot.config import Settings
+from bot.conversation.paste_merger import PasteMerger
 from bot.handlers.asking import ask
 from bot.i18n import Texts
-from bot.paste_merger import PasteMerger
 from bot.providers import service_name
 from bot.storage.keys import ConversationKey
 

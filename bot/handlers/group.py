@@ -14,9 +14,9 @@ from aiogram.types import Message
 
 from bot.addressing import addressed, prompt_of, quote_of
 from bot.answering import Answerer
+from bot.conversation.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.handlers.asking import ask
 from bot.i18n import Texts
-from bot.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["create_router"]

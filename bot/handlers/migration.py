@@ -3,7 +3,7 @@
 Telegram announces it twice, in the old group (``migrate_to_chat_id``) and in the
 new supergroup (``migrate_from_chat_id``); either one moves the history, the other
 finds nothing left to move. An answer streaming at that moment follows by itself
-(``bot/streaming.py``). A migrated group was no forum, so only its plain key moves.
+(``bot/delivery/streaming.py``). A migrated group was no forum, so only its plain key moves.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Lets the paste merger see messages in the order they arrived (bot/paste_merger.py)."""
+"""Lets the paste merger (``bot/conversation/paste_merger.py``) see messages in arrival order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import Message, TelegramObject
 
-from bot.paste_merger import PasteKey, PasteMerger, sender_of
+from bot.conversation.paste_merger import PasteKey, PasteMerger, sender_of
 from bot.storage.keys import ConversationKey
 
 __all__ = ["PasteOrderMiddleware"]

@@ -53,10 +53,10 @@ from aiogram.exceptions import (
 )
 from aiogram.types import InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters
 
-from .delivery.budgets import Priority
-from .delivery.scheduler import Scheduler, SlotRequest
+from .budgets import Priority
 from .layout import StreamLayout
 from .render import MAX_MESSAGE_UNITS, Rendered, utf16_len
+from .scheduler import Scheduler, SlotRequest
 
 __all__ = ["ChatUnavailableError", "Delivered", "NoRightsError", "Progress", "StreamingReply"]
 
