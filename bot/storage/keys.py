@@ -129,10 +129,6 @@ class Keys:
         base = f"{self.prefix}:paste:{conversation}:{sender}"
         return base, f"{base}:pieces"
 
-    def paste_arriving(self, conversation: ConversationKey, sender: int) -> str:
-        """Sorted set: near-limit messages being handled → their deadline (ms)."""
-        return f"{self.prefix}:paste:{conversation}:{sender}:arriving"
-
     @property
     def paste_channel(self) -> str:
         """Pub/sub channel: a paste got a piece or was decided (the message is its key)."""
