@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -88,3 +89,15 @@ async def make_bot(
     yield factory
     for harness in harnesses:
         await harness.stop()
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Processes a test starts (``python -m bot`` mostly): killed at its end if still
+    running, so that a failing test leaves none behind."""
+    started: list[asyncio.subprocess.Process] = []
+    yield started
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

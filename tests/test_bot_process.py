@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,29 +21,19 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path  # no stray .env from the repository
 
 
-@pytest.fixture
-async def stopper() -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    procs: list[asyncio.subprocess.Process] = []
-    yield procs
-    for proc in procs:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_bot_answers_and_shuts_down_gracefully(
     tg: FakeTelegram,
     fake_gptalk: FakeGPTalk,
     redis: aioredis.Redis,
     redis_url: str,
     workdir: Path,
-    stopper: list[asyncio.subprocess.Process],
+    procs: list[asyncio.subprocess.Process],
 ) -> None:
     fake_gptalk.answer = "A **slow** answer, " + "word " * 60
     fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.1  # ~4 s
     env = bot_env(tg, fake_gptalk, REDIS_URL=redis_url, SHUTDOWN_TIMEOUT="30", LOG_LEVEL="DEBUG")
     proc = await start_bot(env, workdir)
-    stopper.append(proc)
+    procs.append(proc)
     await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
     assert tg.calls_to("deleteWebhook")
     menus = {c.params["scope"]["type"]: c.params["commands"] for c in tg.calls_to("setMyCommands")}
@@ -121,10 +110,10 @@ async def test_without_redis_it_warns_and_works(
     tg: FakeTelegram,
     fake_gptalk: FakeGPTalk,
     workdir: Path,
-    stopper: list[asyncio.subprocess.Process],
+    procs: list[asyncio.subprocess.Process],
 ) -> None:
     proc = await start_bot(bot_env(tg, fake_gptalk), workdir)
-    stopper.append(proc)
+    procs.append(proc)
     await tg.wait_for(lambda: tg.long_poll_pending, timeout=30)
     user = tg.add_user(7, "Bob")
     question = tg.user_message(tg.private_chat(user), user, "hi")

@@ -7,7 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -73,16 +73,6 @@ def nginx_front(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
         proc.wait(10)
 
 
-@pytest.fixture
-async def replicas_procs() -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    started: list[asyncio.subprocess.Process] = []
-    yield started
-    for proc in started:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def test_three_replicas_behind_nginx_share_the_updates(
     tg: FakeTelegram,
     fake_gptalk: FakeGPTalk,
@@ -90,7 +80,7 @@ async def test_three_replicas_behind_nginx_share_the_updates(
     redis_url: str,
     tmp_path: Path,
     nginx_front: tuple[int, list[int]],
-    replicas_procs: list[asyncio.subprocess.Process],
+    procs: list[asyncio.subprocess.Process],
 ) -> None:
     listen, ports = nginx_front
     public = f"http://127.0.0.1:{listen}/telegram/webhook"
@@ -106,7 +96,7 @@ async def test_three_replicas_behind_nginx_share_the_updates(
                 WEBHOOK_PORT=str(port),
                 REPLICA_ID=f"bot-{i}",
             )
-            replicas_procs.append(await start_bot(env, tmp_path))
+            procs.append(await start_bot(env, tmp_path))
             await wait_ready(http, port)
         assert {c.params["url"] for c in tg.calls_to("setWebhook")} == {public}
 
@@ -135,8 +125,8 @@ async def test_three_replicas_behind_nginx_share_the_updates(
         async with http.post(public, json={"update_id": 1}) as response:
             assert response.status == 401  # forwarded, and refused without the secret
 
-        for proc in replicas_procs:
+        for proc in procs:
             proc.send_signal(signal.SIGTERM)
-        for proc in replicas_procs:
+        for proc in procs:
             await asyncio.wait_for(proc.wait(), 60)
             assert proc.returncode == 0

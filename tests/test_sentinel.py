@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -130,16 +130,6 @@ def sentinels(tmp_path: Path) -> Iterator[Sentinels]:
         yield servers
     finally:
         servers.stop()
-
-
-@pytest.fixture
-async def bots() -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    procs: list[asyncio.subprocess.Process] = []
-    yield procs
-    for proc in procs:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 # ---------------------------------------------------------------------- the URL
@@ -285,10 +275,10 @@ async def test_a_failover_keeps_the_bot_answering(
     fake_gptalk: FakeGPTalk,
     sentinels: Sentinels,
     tmp_path: Path,
-    bots: list[asyncio.subprocess.Process],
+    procs: list[asyncio.subprocess.Process],
 ) -> None:
     proc = await start_bot(bot_env(tg, fake_gptalk, REDIS_URL=sentinels.url()), tmp_path)
-    bots.append(proc)
+    procs.append(proc)
     await tg.wait_for(lambda: tg.long_poll_pending, timeout=SETTLE_TIMEOUT)
     ann = tg.add_user(42, "Ann")
     chat = tg.private_chat(ann)
