@@ -254,7 +254,8 @@ async def test_a_deleted_message_or_a_moved_on_history_is_handled_quietly(
     dead = await journal(redis, journals, "host:1")
     entry, _question, _shown = await half_written(tg, bot, history, dead)
     tg.delete_message(1001, entry.message_ids[0])
-    # Meanwhile the user asked something else (answered by a live process).
+    # Meanwhile the user started a new conversation (/new) and asked something else.
+    await history.clear(ConversationKey(1001))
     await history.append(ConversationKey(1001), Message(role="user", content="and winter?"))
     await dead.aclose()
     with caplog.at_level(logging.INFO, logger="bot.delivery.recovery"):
@@ -264,8 +265,31 @@ async def test_a_deleted_message_or_a_moved_on_history_is_handled_quietly(
     assert "history moved on" in caplog.text
     assert tg.bot_messages(1001) == []
     turns = await history.load(ConversationKey(1001))
-    assert turns[-1] == {"role": "user", "content": "and winter?"}  # nothing after it
+    assert turns == [{"role": "user", "content": "and winter?"}]  # nothing put anywhere
     assert await journal_keys(redis) == []
+
+
+async def test_a_prompt_that_started_before_the_sweep_keeps_its_place_after_the_answer(
+    tg: FakeTelegram,
+    redis: aioredis.Redis,
+    history: RedisHistoryStore,
+    journals: list[RedisJournal],
+    bot: Bot,
+) -> None:
+    """With replicas, the next prompt may take the dead one's lapsed lease a moment
+    before a sweep marks its answer: the answer still goes right after its question."""
+    dead = await journal(redis, journals, "host:1")
+    entry, _question, _shown = await half_written(tg, bot, history, dead)
+    later = [Message(role="user", content="and winter?"), Message(role="assistant", content="Snow")]
+    await history.append(ConversationKey(1001), *later)
+    await dead.aclose()
+    sweeper = Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1)
+    assert await sweeper.sweep() == 1
+    assert await history.load(ConversationKey(1001)) == [
+        {"role": "user", "content": "Write about autumn"},
+        {"role": "assistant", "content": entry.markdown + INTERRUPTED},
+        *later,
+    ]
 
 
 async def test_telegram_failing_leaves_the_answer_for_the_next_sweep(

@@ -166,6 +166,35 @@ async def test_append_after_pop_answer(make_store: StoreFactory) -> None:
     assert await store.load(CHAT) == [u("q"), a("second try")]
 
 
+async def test_answer_after_puts_a_missing_answer_right_after_its_question(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(max_messages=6)
+    is_q1 = "q1".__eq__
+    await store.append(CHAT, u("q0"), a("r0"), u("q1"), u("q2"), a("r2"))
+    assert await store.answer_after(CHAT, None, is_q1, a("r1 (interrupted)"))
+    assert await store.load(CHAT) == [
+        u("q0"), a("r0"), u("q1"), a("r1 (interrupted)"), u("q2"), a("r2"),
+    ]  # fmt: skip
+    # Answered now, and a question that is gone (a reset): nothing is put anywhere.
+    assert not await store.answer_after(CHAT, None, is_q1, a("again"))
+    assert not await store.answer_after(CHAT, None, "q9".__eq__, a("nowhere"))
+    await store.append(CHAT, u("q3"))
+    assert await store.answer_after(CHAT, None, "q3".__eq__, a("r3"))  # the last: appended
+    assert (await store.load(CHAT))[-2:] == [u("q3"), a("r3")]
+
+
+async def test_answer_after_keeps_to_the_askers_own_turns(make_store: StoreFactory) -> None:
+    store = make_store()
+    ann: Turn = {"role": "user", "content": "q", "asker": 1}
+    bob: Turn = {"role": "user", "content": "q", "asker": 2}
+    bobs_answer: Turn = {"role": "assistant", "content": "for bob", "asker": 2}
+    await store.append(CHAT, ann, bob, bobs_answer)
+    anns_answer: Turn = {"role": "assistant", "content": "for ann", "asker": 1}
+    assert await store.answer_after(CHAT, 1, "q".__eq__, anns_answer)  # Bob's answer is not hers
+    assert await store.load(CHAT) == [ann, anns_answer, bob, bobs_answer]
+
+
 async def test_clear(make_store: StoreFactory) -> None:
     store = make_store()
     other = ConversationKey(43)

@@ -499,6 +499,18 @@ async def test_a_replica_killed_mid_answer_is_swept_and_its_lease_passes_on(
     assert marked - killed < LEASE * 5  # a lease, a sweep, and a loaded machine's delays
     assert asked.at > killed  # it waited for the killed answer's lease to lapse
     assert too_many(tg, mark) == 0
+    # However the sweep and the next prompt raced, the interrupted answer is in the
+    # history right after its question, for every later prompt to see.
+    for _ in range(250):
+        raw = await redis.lrange(f"{PREFIX}:history:800", 0, -1)  # type: ignore[misc]
+        turns = [json.loads(t) for t in raw]
+        if len(turns) == 4:
+            break
+        await asyncio.sleep(0.02)
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[0]["content"] == "tell me a story"
+    assert turns[1]["content"].endswith(EN.interrupted_restart)
+    assert turns[2]["content"] == "and then?"
 
 
 def handed_back(cluster: Cluster) -> tuple[int, int]:

@@ -176,24 +176,20 @@ class Recovery:
         )
 
     async def _record(self, entry: Entry) -> None:
-        """The answer as the user saw it goes into the history after its question,
-        unless the conversation has moved on (reset, or another prompt since)."""
+        """The answer as the user saw it goes into the history right after its
+        question, unless the conversation has moved on (a reset, an answer since).
+        A prompt that started meanwhile (on another replica, as the lease lapsed)
+        stays after it."""
         conversation = entry.conversation
+        answer = Turn(role="assistant", content=entry.markdown + self._marker(entry))
+        if entry.asker is not None:
+            answer["asker"] = entry.asker
         try:
-            turns = await self._history.load(conversation)
-            # The asker's last question must be the one answered, not answered since.
-            mine = [
-                t
-                for t in turns
-                if entry.asker is None or t.get("asker", entry.asker) == entry.asker
-            ]
-            last = mine[-1] if mine else None
-            if last is None or last["role"] != "user" or digest(last["content"]) != entry.question:
-                log.info("interrupted answer in chat %s: history moved on", conversation.chat_id)
-                return
-            answer = Turn(role="assistant", content=entry.markdown + self._marker(entry))
-            if entry.asker is not None:
-                answer["asker"] = entry.asker
-            await self._history.append(conversation, answer)
+            recorded = await self._history.answer_after(
+                conversation, entry.asker, lambda text: digest(text) == entry.question, answer
+            )
         except RedisError as exc:  # the user sees the marker; only the memory of it is lost
             log.warning("interrupted answer in chat %s not stored: %s", conversation.chat_id, exc)
+            return
+        if not recorded:
+            log.info("interrupted answer in chat %s: history moved on", conversation.chat_id)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from gptalk import Message
 
@@ -20,6 +21,9 @@ from .expiry import ExpiringMap
 from .keys import ConversationKey, Keys
 
 __all__ = ["HistoryStore", "MemoryHistoryStore", "RedisHistoryStore", "Turn"]
+
+# Optimistic transactions retried this often before giving up (another writer won).
+_WATCH_RETRIES: Final = 5
 
 
 class Turn(Message, total=False):
@@ -50,6 +54,19 @@ class HistoryStore(Protocol):
         """Put ``turn`` in place of its asker's last question and drop the answer to
         it (an edited prompt), atomically; return the conversation up to the new
         question. With no question of that asker, ``turn`` is appended."""
+        ...
+
+    async def answer_after(
+        self,
+        conversation: ConversationKey,
+        asker: int | None,
+        is_question: Callable[[str], bool],
+        answer: Turn,
+    ) -> bool:
+        """Put ``answer`` right after ``asker``'s last question that ``is_question``
+        tells, if that question is still unanswered (a later question of theirs may
+        follow it: a prompt that started before this answer could be recorded).
+        False when there is no such question (a reset) or it has an answer."""
         ...
 
     async def clear(self, conversation: ConversationKey) -> None: ...
@@ -122,6 +139,21 @@ class MemoryHistoryStore:
         messages[question] = _copy(turn)
         self._put(conversation, messages)
         return [_copy(m) for m in messages[: question + 1]]
+
+    async def answer_after(
+        self,
+        conversation: ConversationKey,
+        asker: int | None,
+        is_question: Callable[[str], bool],
+        answer: Turn,
+    ) -> bool:
+        messages = self._get(conversation)
+        index = unanswered_question(messages, asker, is_question)
+        if index is None:
+            return False
+        messages.insert(index + 1, _copy(answer))
+        self._put(conversation, _trim(messages, self._max))
+        return True
 
     async def clear(self, conversation: ConversationKey) -> None:
         self._data.pop(conversation)
@@ -274,6 +306,37 @@ class RedisHistoryStore:
         )
         return [_decode(item) for item in raw]
 
+    async def answer_after(
+        self,
+        conversation: ConversationKey,
+        asker: int | None,
+        is_question: Callable[[str], bool],
+        answer: Turn,
+    ) -> bool:
+        # The question is told in Python (a fingerprint Lua cannot compute), so the
+        # list is rewritten in an optimistic transaction: WATCH, read, MULTI, write.
+        key = self._keys.history(conversation)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    await pipe.watch(key)
+                    raw: list[bytes | str] = await pipe.lrange(key, 0, -1)
+                    turns = [_decode(item) for item in raw]
+                    index = unanswered_question(turns, asker, is_question)
+                    if index is None:
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        return False
+                    turns.insert(index + 1, answer)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(key)
+                    pipe.rpush(key, *(_encode(t) for t in _trim(turns, self._max)))
+                    pipe.expire(key, self._ttl)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        return False
+
     async def clear(self, conversation: ConversationKey) -> None:
         await self._redis.delete(self._keys.history(conversation))
 
@@ -315,6 +378,19 @@ def answer_index(turns: Sequence[Turn], asker: int | None) -> int | None:
         ),
         None,
     )
+
+
+def unanswered_question(
+    turns: Sequence[Turn], asker: int | None, is_question: Callable[[str], bool]
+) -> int | None:
+    """Where ``asker``'s last question that ``is_question`` tells is, if nothing of
+    theirs follows it but later questions (its answer is missing)."""
+    for i in range(len(turns) - 1, -1, -1):
+        turn = turns[i]
+        if turn["role"] == "user" and _mine(turn, asker) and is_question(turn["content"]):
+            after = next((t for t in turns[i + 1 :] if _mine(t, asker)), None)
+            return i if after is None or after["role"] == "user" else None
+    return None
 
 
 def _copy(message: Turn) -> Turn:
