@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -34,29 +33,10 @@ import aiohttp
 from bench._common import answer_for, load_average, machine, percentile, private_redis, table
 from bench._flat import gptalk_server
 from bot.delivery.render import render
-from tests.bot_process import bot_env, start_bot
+from tests.bot_process import start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
-
-SECRET = "bench-webhook-secret"
-PATH = "/telegram/webhook"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_ready(http: aiohttp.ClientSession, port: int) -> None:
-    for _ in range(600):
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"replica on port {port} did not become ready")
+from tests.webhook_process import PATH, SECRET, free_port, wait_ready, webhook_env
 
 
 async def run(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
@@ -75,20 +55,18 @@ async def replicas(
     http: aiohttp.ClientSession,
 ) -> AsyncIterator[list[str]]:
     """``--replicas`` webhook replicas, ready; yields their webhook URLs."""
-    ports = [_free_port() for _ in range(args.replicas)]
+    ports = [free_port() for _ in range(args.replicas)]
     procs = []
     workdir = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
     try:
         for i, port in enumerate(ports, 1):
-            env = bot_env(
-                tg, FakeGPTalk(), GPTALK_URL=gptalk_url, REDIS_URL=redis_url,
-                WEBHOOK_URL=f"http://127.0.0.1:{port}{PATH}", WEBHOOK_SECRET=SECRET,
-                WEBHOOK_HOST="127.0.0.1", WEBHOOK_PORT=str(port), REPLICA_ID=f"bench-{i}",
-                LOG_LEVEL="WARNING",
+            env = webhook_env(
+                tg, FakeGPTalk(), port, GPTALK_URL=gptalk_url, REDIS_URL=redis_url,
+                REPLICA_ID=f"bench-{i}", LOG_LEVEL="WARNING",
             )  # fmt: skip
             procs.append(await start_bot(env, workdir, stdout=asyncio.subprocess.DEVNULL))
         for port in ports:
-            await wait_ready(http, port)
+            await wait_ready(http, port, timeout=60)
         yield [f"http://127.0.0.1:{port}{PATH}" for port in ports]
     finally:
         for proc in procs:
