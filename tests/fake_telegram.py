@@ -2355,8 +2355,9 @@ class FakeTelegram:
         if not _is_int(draft_id) or draft_id == 0:
             raise _bad("TEXTDRAFT_ID_INVALID")
         self._check_blocked(chat)
+        entities: list[dict[str, Any]] = []
         if params.get("text") in (None, ""):
-            text, entities = "", []
+            text = ""
         else:
             text, entities = self._formatted(params)
         self._rate_check(chat_id)
