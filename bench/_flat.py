@@ -30,6 +30,7 @@ import gc
 import json
 import logging
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramRetryAfter
 from aiogram.types import TelegramObject, Update
+from aiohttp import web
 
 import gptalk.client as gptalk_client
 from bench._common import answer_for, percentile, process_cpu_seconds
@@ -126,12 +128,14 @@ class StreamWatch:
 
 
 class LagSampler:
-    """Event-loop lag as the bot's probe measures it: a 0.1 s timer's delay."""
+    """Event-loop lag as the bot's probe measures it: a 0.1 s timer's delay; and the
+    process's CPU time less ``not_ours()`` (the fake Bot API's handler)."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, not_ours: Callable[[], float] = lambda: 0.0) -> None:
         self.interval = interval
+        self.not_ours = not_ours
         self.samples: list[tuple[float, float]] = []  # (monotonic, delay)
-        self.cpu: list[tuple[float, float]] = []  # (monotonic, process CPU s)
+        self.cpu: list[tuple[float, float]] = []  # (monotonic, CPU s)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,16 +143,35 @@ class LagSampler:
             due = loop.time() + self.interval
             await asyncio.sleep(self.interval)
             self.samples.append((time.monotonic(), max(0.0, loop.time() - due)))
-            self.cpu.append((time.monotonic(), _cpu_s()))
+            self.cpu.append((time.monotonic(), _cpu_s() - self.not_ours()))
 
 
 class StrictTelegram(FakeTelegram):
     """The strict fake Bot API, also noting which limit each 429 hit: ``bot-wide`` (30
-    calls arrived in the last second) or ``chat`` (the chat's own budget)."""
+    calls arrived in the last second) or ``chat`` (the chat's own budget), and the CPU
+    time its request handler spends, so that the bot's own CPU can be told apart.
+
+    ``handler_cpu_s`` counts every call but the long poll (which waits for updates) from
+    the handler's start to its response: reading the parameters, the limits, building
+    the reply. The fake's other work (aiohttp parsing the request and writing the
+    response) stays in the process's figure, so the bot's share is overstated, not
+    understated. Nothing in the handler waits but the long poll, so no other task's CPU
+    falls into it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.too_many_by: Counter[str] = Counter()
+        self.handler_cpu_s = 0.0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.match_info["method"].lower() == "getupdates":
+            return await super()._handle(request)
+        start = time.thread_time()
+        try:
+            return await super()._handle(request)
+        finally:
+            self.handler_cpu_s += time.thread_time() - start
 
     def _rate_check(self, chat_id: int) -> None:
         before = self.too_many_requests
@@ -238,11 +261,15 @@ class FlatRun:
     final: list[float]  # per answer: message queued → last successful send/edit, s
     lag: list[float]  # event-loop lag samples, s
     stretch: list[float]  # per stream: read duration − the server's nominal duration, s
-    stream_cpu_share: float  # CPU s / wall s while streams were being read
+    stream_cpu_share: float  # the bot's CPU s / wall s while streams were being read
     calls: list[tuple[float, str, int]] = field(default_factory=list)  # (t, method, status)
     backend: str = "redis"  # the bot's budgets and stores ("memory": in-process); naive: ""
     too_many_by: dict[str, int] = field(default_factory=dict)  # 429s by the limit they hit
     events: list[tuple[float, str]] = field(default_factory=list)  # (t, budgets' log line)
+    # Of cpu_s, the fake Bot API's request handler (StrictTelegram.handler_cpu_s); runs
+    # recorded before it was measured have 0 here.
+    fake_cpu_s: float = 0.0
+    round_no: int = 0  # which round of a --repeat sweep
 
     @property
     def label(self) -> str:
@@ -254,6 +281,12 @@ class FlatRun:
 
     @property
     def us_per_chunk(self) -> float:
+        """The bot's CPU per streamed chunk: this process without the fake's handler."""
+        return (self.cpu_s - self.fake_cpu_s) / max(1, self.chunks) * 1e6
+
+    @property
+    def process_us_per_chunk(self) -> float:
+        """This process's CPU per streamed chunk, the fake Bot API's handler included."""
         return self.cpu_s / max(1, self.chunks) * 1e6
 
     def to_json(self) -> dict[str, Any]:
@@ -289,7 +322,7 @@ def _calls(tg: FakeTelegram, t0: float) -> list[tuple[float, str, int]]:
 
 
 def _stream_share(sampler: LagSampler, watch: StreamWatch) -> float:
-    """Process CPU over wall time between the first and the last chunk read."""
+    """The bot's CPU (the sampler's) over wall time between the first and the last chunk read."""
     if not watch.spans or len(sampler.cpu) < 2:
         return float("nan")
     start = min(s[0] for s in watch.spans.values())
@@ -307,7 +340,7 @@ def _stretch(watch: StreamWatch, nominal: float) -> list[float]:
 async def run_bot(
     n: int, *, url: str, server_pid: int, redis_url: str | None, chars: int, step: int,
     delay: float, timeout: float,  # noqa: ASYNC109 — a budget for the whole run
-    stream_mode: str = "edit",
+    stream_mode: str = "edit", round_: int = 0,
 ) -> FlatRun:  # fmt: skip
     """The bot at N; ``redis_url=None``: in-process budgets and stores; ``stream_mode``
     ``"draft"``: private answers stream as drafts."""
@@ -320,7 +353,8 @@ async def run_bot(
     harness = BotHarness(tg, remote, redis_url=redis_url, **modes)
     tracker = TimedTracker()
     harness.tracker = tracker
-    sampler, watch, events = LagSampler(), StreamWatch(), BudgetEvents(tg.now)
+    sampler, watch = LagSampler(not_ours=lambda: tg.handler_cpu_s), StreamWatch()
+    events = BudgetEvents(tg.now)
     try:
         await harness.start()
         # As `python -m bot` does once the application is built (bot/__main__.py):
@@ -334,6 +368,7 @@ async def run_bot(
         sampling = asyncio.create_task(sampler.run())
         with watch.watching(), events.watching():
             cpu0, server0, wall0 = _cpu_s(), process_cpu_seconds(server_pid), time.monotonic()
+            fake0 = tg.handler_cpu_s
             t0 = tg.now()
             for i, user in enumerate(users):
                 started[i] = tg.now()
@@ -349,6 +384,7 @@ async def run_bot(
                 await asyncio.sleep(0.05)
             wall_s, cpu_s = time.monotonic() - wall0, _cpu_s() - cpu0
             server_cpu_s = process_cpu_seconds(server_pid) - server0
+            fake_cpu_s = tg.handler_cpu_s - fake0
         sampling.cancel()
         firsts: dict[int, float] = {}  # the first message or draft the user sees
         finals: dict[int, float] = {}  # the last message or edit (a draft is never final)
@@ -386,6 +422,8 @@ async def run_bot(
             backend="redis" if redis_url else "memory",
             too_many_by=dict(tg.too_many_by),
             events=[(round(t - t0, 3), line) for t, line in events.events],
+            fake_cpu_s=fake_cpu_s,
+            round_no=round_,
         )
     finally:
         gc.unfreeze()
@@ -442,7 +480,7 @@ class NaiveEditor:
 async def run_naive(
     strategy: str, n: int, *, url: str, server_pid: int, chars: int, step: int,
     delay: float, timeout: float,  # noqa: ASYNC109 — a budget for the whole run
-    every_chars: int = 100, every_s: float = 1.0,
+    every_chars: int = 100, every_s: float = 1.0, round_: int = 0,
 ) -> FlatRun:  # fmt: skip
     def due(new_chars: int, since: float) -> bool:
         if strategy == "char-delta":
@@ -450,8 +488,8 @@ async def run_naive(
         return since >= every_s
 
     lines = -(-chars // step)
-    sampler, watch = LagSampler(), StreamWatch()
     tg = StrictTelegram()
+    sampler, watch = LagSampler(not_ours=lambda: tg.handler_cpu_s), StreamWatch()
     async with tg:
         bot = Bot(tg.token, session=AiohttpSession(api=TelegramAPIServer.from_base(tg.url)))
         client = GPTalkClient(base_url=url, token_store=MemoryTokenStore(), max_uses=5)
@@ -460,6 +498,7 @@ async def run_naive(
         try:
             with watch.watching():
                 cpu0, server0, wall0 = _cpu_s(), process_cpu_seconds(server_pid), time.monotonic()
+                fake0 = tg.handler_cpu_s
                 t0 = tg.now()
                 editors = [NaiveEditor(bot, chat, due) for chat in chats]
 
@@ -474,6 +513,7 @@ async def run_naive(
                 await asyncio.gather(*pending, return_exceptions=True)
                 wall_s, cpu_s = time.monotonic() - wall0, _cpu_s() - cpu0
                 server_cpu_s = process_cpu_seconds(server_pid) - server0
+                fake_cpu_s = tg.handler_cpu_s - fake0
         finally:
             sampling.cancel()
             await client.close()
@@ -509,6 +549,8 @@ async def run_naive(
             calls=_calls(tg, t0),
             backend="",
             too_many_by=dict(tg.too_many_by),
+            fake_cpu_s=fake_cpu_s,
+            round_no=round_,
         )
 
 
@@ -531,7 +573,8 @@ def summary_rows(runs: list[FlatRun]) -> list[list[object]]:
                 r.too_many,
                 f"{sum(ok.values())} ({ok['sendMessageDraft']})",
                 f"{r.us_per_chunk:.0f}",
-                f"{r.cpu_s:.1f}",
+                f"{r.process_us_per_chunk:.0f}",
+                f"{r.cpu_s:.1f} ({r.fake_cpu_s:.1f})",
                 f"{r.stream_cpu_share:.0%}",
                 " / ".join(pct(r.first, q) for q in (50, 95, 100)),
                 " / ".join(pct(r.final, q) for q in (50, 95, 100)),
@@ -539,6 +582,36 @@ def summary_rows(runs: list[FlatRun]) -> list[list[object]]:
                 f"{percentile(r.lag, 99) * 1000:.0f} / {percentile(r.lag, 100) * 1000:.0f}",
                 " / ".join(pct(r.stretch, q) for q in (50, 95, 100)),
                 f"{r.server_cpu_s:.1f}",
+            ]
+        )
+    return rows
+
+
+COST_HEADERS = ["strategy", "N", "rounds", "bot CPU µs/chunk", "median", "median / N = 100's"]
+
+
+def median_cost(runs: list[FlatRun]) -> dict[tuple[str, int], float]:
+    """The median bot CPU per chunk of each (label, N) over the rounds of a sweep."""
+    by: dict[tuple[str, int], list[float]] = {}
+    for run in runs:
+        by.setdefault((run.label, run.n), []).append(run.us_per_chunk)
+    return {key: statistics.median(values) for key, values in by.items()}
+
+
+def cost_rows(runs: list[FlatRun]) -> list[list[object]]:
+    medians = median_cost(runs)
+    rows: list[list[object]] = []
+    for label, n in medians:
+        values = [r.us_per_chunk for r in runs if (r.label, r.n) == (label, n)]
+        base = medians.get((label, 100))
+        rows.append(
+            [
+                label,
+                n,
+                len(values),
+                " / ".join(f"{v:.0f}" for v in values),
+                f"{medians[label, n]:.0f}",
+                f"{medians[label, n] / base:.2f}×" if base else "",
             ]
         )
     return rows
@@ -565,9 +638,10 @@ SUMMARY_HEADERS = [
     "exact",
     "429s",
     "ok calls (drafts)",
-    "CPU µs/chunk",
-    "CPU s",
-    "CPU while streaming (of 1 core)",
+    "bot CPU µs/chunk",
+    "process CPU µs/chunk",
+    "process CPU s (fake Bot API's handler)",
+    "bot CPU while streaming (of 1 core)",
     "first visible p50/p95/max s",
     "final edit p50/p95/max s",
     "N/30 s",

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import cProfile
 import gc
+import itertools
 import logging
 import pstats
 import re
@@ -465,10 +466,19 @@ def main(argv: list[str] | None = None) -> None:
         help="--sweep: also run these strategies at each N: the naive editors char-delta "
         "and interval, and draft (the bot with STREAM_MODE=draft, the first backend)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="--sweep: run the whole sweep this many times, round after round (the bot's CPU "
+        "per chunk varies by ±15 %% between runs here; medians are printed per N)",
+    )
     parser.add_argument("--json", metavar="PATH", help="--sweep: write every run as JSON here")
     args = parser.parse_args(argv)
     if args.conversations < 1:
         parser.error("--conversations must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.timeout is None and not args.sweep:
         args.timeout = 60 + 0.6 * args.conversations
 
@@ -506,7 +516,9 @@ def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
         _flat.gptalk_server(args.answer_chars, step, args.delay) as (url, server_pid),
     ):
 
-        def bot(n: int, backend: str, stream_mode: str, timeout: float) -> _flat.FlatRun:
+        def bot(
+            n: int, backend: str, stream_mode: str, timeout: float, round_: int
+        ) -> _flat.FlatRun:
             if backend == "redis":
                 redis_sync.Redis.from_url(redis_url).flushall()
             run = asyncio.run(
@@ -514,7 +526,7 @@ def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
                     n, url=url, server_pid=server_pid,
                     redis_url=redis_url if backend == "redis" else None,
                     chars=args.answer_chars, step=step, delay=args.delay, timeout=timeout,
-                    stream_mode=stream_mode,
+                    stream_mode=stream_mode, round_=round_,
                 )
             )  # fmt: skip
             print(
@@ -523,27 +535,32 @@ def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
             )
             return run
 
-        for n in args.sweep:
+        # Round after round rather than each N K times in a row: a slow spell of the
+        # machine then spreads over every N instead of skewing one.
+        for round_, n in itertools.product(range(args.repeat), args.sweep):
             timeout = args.timeout or 120 + n / 10
-            runs += [bot(n, backend, "edit", timeout) for backend in backends]
+            runs += [bot(n, backend, "edit", timeout, round_) for backend in backends]
             for name in naive:
                 if name == "draft":
-                    runs.append(bot(n, backends[0], "draft", timeout))
+                    runs.append(bot(n, backends[0], "draft", timeout, round_))
                     continue
                 run = asyncio.run(
                     _flat.run_naive(
                         name, n, url=url, server_pid=server_pid, chars=args.answer_chars,
-                        step=step, delay=args.delay, timeout=timeout,
+                        step=step, delay=args.delay, timeout=timeout, round_=round_,
                     )
                 )  # fmt: skip
                 runs.append(run)
                 print(f"  … {name}, N = {n}: {run.too_many} × 429, load {load_average()}")
     print(
         f"\nanswers of {args.answer_chars} chars in {step}-char lines every "
-        f"{args.delay * 1000:.0f} ms, all users at once; CPU = this process "
-        "(bot or naive editors + fake Bot API); times from the user's message:\n"
+        f"{args.delay * 1000:.0f} ms, all users at once; bot CPU = this process less the "
+        "fake Bot API's request handler; times from the user's message:\n"
     )
     print(table(_flat.SUMMARY_HEADERS, _flat.summary_rows(runs)))
+    if args.repeat > 1:
+        print("\nbot CPU µs per chunk over the rounds, and the medians against N = 100's:\n")
+        print(table(_flat.COST_HEADERS, _flat.cost_rows(runs)))
     for run in runs:
         if run.too_many or run.events:
             print(f"\n{run.label}, N = {run.n}: {_flat.too_many_story(run)}")

@@ -1,7 +1,7 @@
 """Regenerate every plot of bench/REPORT.md: ``.venv/bin/python -m bench.plots``.
 
 Runs the measurements first (``bench_load --sweep``: the bot at N = 25 … 1000 with the
-Redis and the in-process budgets; at N = 200 the bot, the naive editors and the bot
+Redis and the in-process budgets, three rounds; at N = 200 the bot, the naive editors and the bot
 streaming drafts), writes them to ``bench/plots/data/*.json``, then draws
 ``bench/plots/*.png``. ``--from-data`` only draws, from the JSON files in the
 repository. The "before" series (commit ``f0cc985``) is measured only with
@@ -9,13 +9,14 @@ repository. The "before" series (commit ``f0cc985``) is measured only with
 ``tests/fake_telegram.py`` copied in); otherwise the committed
 ``data/flat_before.json`` is drawn.
 
-Needs matplotlib (``pip install -e '.[dev]'``). Takes ~7 minutes with measurements
-(~10 with ``--before-tree``).
+Needs matplotlib (``pip install -e '.[dev]'``). Takes ~20 minutes with measurements
+(~23 with ``--before-tree``).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -35,6 +36,7 @@ DATA = OUT / "data"
 SIZES = "25,50,100,200,500,1000"
 BEFORE_SIZES = "100,200,500,1000"
 NAIVE_N = "200"
+ROUNDS = 3  # of the after sweep: plot 3 draws the median over them, and their range
 COLORS = {
     "bot": "tab:blue",
     "draft": "tab:green",
@@ -57,7 +59,10 @@ def measure(before_tree: Path | None) -> None:
         command = [sys.executable, "-m", "bench.bench_load", "--sweep", sizes, "--json"]
         subprocess.run([*command, str(out), *extra], cwd=cwd, check=True)
 
-    sweep(HERE.parent, SIZES, DATA / "flat_after.json", "--backends", "redis,memory")
+    sweep(
+        HERE.parent, SIZES, DATA / "flat_after.json", "--backends", "redis,memory",
+        "--repeat", str(ROUNDS),
+    )  # fmt: skip
     if before_tree is not None:
         sweep(before_tree, BEFORE_SIZES, DATA / "flat_before.json")
     sweep(HERE.parent, NAIVE_N, DATA / "naive.json", "--naive", "char-delta,interval,draft")
@@ -142,8 +147,10 @@ def plot_latency(series: dict[str, list[FlatRun]], path: Path) -> None:
 def plot_cpu(
     after: list[FlatRun], memory: list[FlatRun], before: list[FlatRun], path: Path
 ) -> None:
-    """Plot 3: CPU per streamed chunk against N (and event-loop lag p99)."""
+    """Plot 3: the bot's CPU per streamed chunk against N (and event-loop lag p99): the
+    median over a sweep's rounds, with their range."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    medians: dict[str, dict[int, float]] = {}
     for runs, style, label in (
         (after, "-o", "after, Redis"),
         (memory, "--^", "after, in-process"),
@@ -151,16 +158,27 @@ def plot_cpu(
     ):
         if not runs:
             continue
-        ns = [r.n for r in runs]
-        axes[0].plot(ns, [r.us_per_chunk for r in runs], style, label=label)
-        axes[1].plot(ns, [percentile(r.lag, 99) * 1000 for r in runs], style, label=label)
-    at_100 = [r for r in after if r.n == 100]
-    if at_100:
-        base = at_100[0].us_per_chunk
-        axes[0].axhline(1.2 * base, color="grey", linestyle="--", linewidth=1)
-        axes[0].text(after[0].n, 1.2 * base, " 1.2 × N=100 (goal)", fontsize=7, va="bottom")
+        ns = sorted({r.n for r in runs})
+        cost = [[r.us_per_chunk for r in runs if r.n == n] for n in ns]
+        middle = [statistics.median(values) for values in cost]
+        medians[label] = dict(zip(ns, middle, strict=True))
+        spread = [
+            [m - min(v) for m, v in zip(middle, cost, strict=True)],
+            [max(v) - m for m, v in zip(middle, cost, strict=True)],
+        ]
+        axes[0].errorbar(ns, middle, yerr=spread, fmt=style, capsize=3, label=label)
+        lag = [statistics.median(percentile(r.lag, 99) * 1e3 for r in runs if r.n == n) for n in ns]
+        axes[1].plot(ns, lag, style, label=label)
+    for label, style in (("after, Redis", "-"), ("after, in-process", "--")):
+        base = medians.get(label, {}).get(100)
+        if base:
+            axes[0].axhline(1.2 * base, color="grey", linestyle=style, linewidth=1)
+            axes[0].text(
+                max(medians[label]), 1.2 * base, f"1.2 × N=100, {label[7:]} (goal) ",
+                fontsize=7, va="bottom", ha="right",
+            )  # fmt: skip
     axes[1].axhline(50, color="grey", linestyle="--", linewidth=1)
-    axes[0].set_ylabel("bot CPU µs per streamed chunk")
+    axes[0].set_ylabel("bot CPU µs per streamed chunk (median of rounds)")
     axes[1].set_ylabel("event-loop lag p99, ms")
     for ax in axes:
         ax.set_xlabel("N concurrent streams")
@@ -183,7 +201,8 @@ def draw() -> list[Path]:
     naive.sort(key=lambda r: order.get(r.strategy, 9))
     paths = [OUT / "calls_over_time.png", OUT / "latency_vs_n.png", OUT / "cpu_per_chunk.png"]
     plot_calls(naive, paths[0])
-    plot_latency({"redis": after, "memory": memory, "before": before}, paths[1])
+    first = [r for r in after if r.round_no == 0], [r for r in memory if r.round_no == 0]
+    plot_latency({"redis": first[0], "memory": first[1], "before": before}, paths[1])
     plot_cpu(after, memory, before, paths[2])
     return paths
 

@@ -245,6 +245,7 @@ class Answerer:
     arrivals: Arrivals[ConversationKey] = field(default_factory=Arrivals)
     _gate: KeyedLock[ConversationKey] = field(init=False, default_factory=KeyedLock)
     _running: dict[ConversationKey, list[_Generation]] = field(init=False, default_factory=dict)
+    _active: int = field(init=False, default=0)  # answers in _running: summing is O(N)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
     # Stopping replicas hand their waiting prompts to the others (None: one process).
@@ -268,7 +269,7 @@ class Answerer:
 
     @property
     def active(self) -> int:
-        return sum(len(running) for running in self._running.values())
+        return self._active
 
     async def waiting_in(self, conversation: ConversationKey) -> int:
         """Prompts waiting in the conversation, in every replica."""
@@ -698,6 +699,7 @@ class Answerer:
         if record is not None:
             record.generation = generation
         self._running.setdefault(conversation, []).append(generation)
+        self._active += 1
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
         started = time.monotonic()
@@ -712,6 +714,7 @@ class Answerer:
             del self._stops[token]
             running = self._running[conversation]
             running.remove(generation)
+            self._active -= 1
             if not running:
                 del self._running[conversation]
             await self.stats.set_active(self.active)
