@@ -178,7 +178,7 @@ def plot_cpu(
                 fontsize=7, va="bottom", ha="right",
             )  # fmt: skip
     axes[1].axhline(50, color="grey", linestyle="--", linewidth=1)
-    axes[0].set_ylabel("bot CPU µs per streamed chunk (median of rounds)")
+    axes[0].set_ylabel("bot CPU µs per chunk, median")
     axes[1].set_ylabel("event-loop lag p99, ms")
     for ax in axes:
         ax.set_xlabel("N concurrent streams")
