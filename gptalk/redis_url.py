@@ -11,13 +11,20 @@ is the sentinels' own ``requirepass``. The client is redis-py's
 the master is now, and a connection still open to a demoted master is dropped at
 its first ``READONLY`` answer (or when Sentinel, demoting it, closes its clients), so
 after a failover commands (and pub/sub, which resubscribes on reconnecting) reach
-the new master.
+the new master. The pool also listens to the sentinels' ``+switch-master``
+announcements and drops every connection at once when its master is switched: after
+a failover Sentinel was asked for (``SENTINEL FAILOVER``), the old master stays up
+and writable for seconds, and connections still open to it would go on writing
+where the coming resync throws it away.
 
 Error messages never quote the URL or any part of it: it may hold passwords.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote
@@ -25,8 +32,14 @@ from urllib.parse import parse_qsl, unquote
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 __all__ = [
     "SENTINEL_SCHEME",
@@ -37,7 +50,12 @@ __all__ = [
     "url_secrets",
 ]
 
+log = logging.getLogger("gptalk.redis")
+
 SENTINEL_SCHEME: Final = "redis+sentinel"
+SWITCH_CHANNEL: Final = "+switch-master"  # "<master name> <old ip> <old port> <new ip> <new port>"
+_LISTEN_POLL: Final = 1.0  # seconds a read of the announcements waits before looking again
+_LISTEN_RETRY: Final = 1.0  # seconds between rounds over the sentinels while none answers
 SENTINEL_PORT: Final = 26379
 # What the sentinels' own clients take from the options given for the master's:
 # the same bounds in time, so that a dead sentinel fails as fast as a dead master.
@@ -144,13 +162,84 @@ class _Sentinel(Sentinel):
             raise MasterNotFoundError(message) from None
 
 
+class _MasterConnection(SentinelManagedConnection):
+    """A connection to the master that asks the sentinels where it is whenever it
+    connects again. redis-py's own does so only when it is taken from the pool: a
+    command that finds it closed (dropped at a switch, say) reconnects it in
+    ``send_packed_command`` to the address it had, the old master
+    (redis/redis-py#3874, open as of 8.1)."""
+
+    _asking = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected or self._asking:
+            # Connected, or called back by connect_to() with the address just asked.
+            await super().connect_check_health(check_health, retry_socket_connect)
+            return
+        self._asking = True
+        try:
+            await self.connect()  # type: ignore[no-untyped-call]  # asks the sentinels first
+        finally:
+            self._asking = False
+
+
 class _SentinelMasterPool(SentinelConnectionPool, BlockingConnectionPool):
     """Connections to whichever server the sentinels name master; like
     :class:`BlockingConnectionPool`, a command waits (up to ``timeout``) for a free
     connection rather than failing when all are busy. Closing it closes the
-    clients that talk to the sentinels too, which ``master_for`` leaves open."""
+    clients that talk to the sentinels too, which ``master_for`` leaves open.
+
+    From its first connection on, it listens to one sentinel's ``+switch-master``
+    (the next one when that one goes away), as Jedis's ``JedisSentinelPool`` does, and
+    when its master is switched it drops every connection, idle or in use: the next
+    command connects to the master the sentinels name now, and a command cut off in
+    flight is retried there by the client's retry (a write the old master took is
+    lost with it either way)."""
+
+    _listener: asyncio.Task[None] | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._listener is None:
+            self._listener = asyncio.create_task(
+                self._listen(), name=f"sentinel-switches-{self.service_name}"
+            )
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def _listen(self) -> None:
+        while True:
+            for sentinel in self.sentinel_manager.sentinels:
+                pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(SWITCH_CHANNEL)
+                    while True:
+                        message = await pubsub.get_message(timeout=_LISTEN_POLL)
+                        if message is not None:
+                            await self._switched(message["data"])
+                except (RedisError, OSError):
+                    pass  # this sentinel is gone: listen to the next
+                finally:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+            await asyncio.sleep(_LISTEN_RETRY)
+
+    async def _switched(self, data: bytes | str) -> None:
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        fields = text.split()
+        if len(fields) != 5 or fields[0] != self.service_name:
+            return
+        log.warning("Redis Sentinel switched master %r from %s:%s to %s:%s: reconnecting", *fields)
+        self.master_address = None  # asked again at the next connection
+        with contextlib.suppress(RedisError, OSError):
+            await self.disconnect(inuse_connections=True)
 
     async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         try:
             await super().aclose()
         finally:
@@ -179,6 +268,7 @@ def redis_from_url(url: str, **options: Any) -> Redis:
     client: Redis = sentinel.master_for(
         parsed.master,
         connection_pool_class=_SentinelMasterPool,
+        connection_class=_MasterConnection,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,

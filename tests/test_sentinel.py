@@ -11,6 +11,7 @@ history, leases and the control channel's pub/sub included.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,9 @@ from typing import Any, cast
 
 import pytest
 import redis as redis_sync
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.app import StartupError, connect_redis
 from bot.config import ConfigError, load_settings
@@ -345,3 +349,45 @@ async def test_a_failover_keeps_the_bot_answering(
         f"answered {(answered - promoted) * 1000:.0f} ms after that "
         f"({answered - killed:.1f} s in all)"
     )
+
+
+async def test_a_requested_failover_moves_every_connection_at_once(
+    sentinels: Sentinels, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SENTINEL FAILOVER (a planned switch, for maintenance) leaves the old master up
+    # and writable until Sentinel makes it a replica, seconds later; a connection still
+    # open to it would write there, and the resync would throw those writes away.
+    redis = redis_from_url(
+        sentinels.url(),
+        max_connections=4,
+        timeout=5,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    try:
+        # Two connections to the primary: one stays idle in the pool, one is in use.
+        await asyncio.gather(redis.set("before-1", 1), redis.set("before-2", 1))
+        waiting = asyncio.create_task(redis.blpop(["jobs"], 20))
+        await asyncio.sleep(0.2)
+        caplog.set_level(logging.WARNING, logger="gptalk.redis")
+        assert sentinels.sentinel.sentinel_failover(MASTER)
+
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while sentinels.master_port() != sentinels.replica_port:
+            assert time.monotonic() < deadline, "Sentinel did not switch"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the announcement comes with the switch: ample
+        old = sentinels.client(sentinels.primary_port)
+        assert old.info("replication")["role"] == "master"  # not demoted yet: still writable
+
+        await redis.set("after", 1)
+        new = sentinels.client(sentinels.replica_port)
+        assert new.get("after") == b"1"
+        assert old.get("after") is None
+        # The command that was waiting on the old master waits on the new one now.
+        new.rpush("jobs", "job-1")
+        assert tuple(await asyncio.wait_for(waiting, 10)) == (b"jobs", b"job-1")
+    finally:
+        await redis.aclose()
+    assert "switched master 'gptalk-master'" in caplog.text
+    for secret in (PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in caplog.text
