@@ -208,12 +208,18 @@ class _SentinelMasterPool(SentinelConnectionPool, BlockingConnectionPool):
         return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     async def _listen(self) -> None:
-        while True:
-            for sentinel in self.sentinel_manager.sentinels:
+        # redis-py's reads may swallow a cancellation (asyncio.wait_for on 3.11): the
+        # task also ends at its next look once it is no longer the pool's listener.
+        me = asyncio.current_task()
+        while self._listener is me:
+            # A copy: discovering the master moves the sentinel that answered to the front.
+            for sentinel in list(self.sentinel_manager.sentinels):
+                if self._listener is not me:
+                    return
                 pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
                 try:
                     await pubsub.subscribe(SWITCH_CHANNEL)
-                    while True:
+                    while self._listener is me:
                         message = await pubsub.get_message(timeout=_LISTEN_POLL)
                         if message is not None:
                             await self._switched(message["data"])
@@ -222,7 +228,8 @@ class _SentinelMasterPool(SentinelConnectionPool, BlockingConnectionPool):
                 finally:
                     with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
-            await asyncio.sleep(_LISTEN_RETRY)
+            if self._listener is me:
+                await asyncio.sleep(_LISTEN_RETRY)
 
     async def _switched(self, data: bytes | str) -> None:
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
