@@ -53,14 +53,14 @@ __all__ = [
 log = logging.getLogger("gptalk.redis")
 
 SENTINEL_SCHEME: Final = "redis+sentinel"
-SWITCH_CHANNEL: Final = "+switch-master"  # "<master name> <old ip> <old port> <new ip> <new port>"
-_LISTEN_POLL: Final = 1.0  # seconds a read of the announcements waits before looking again
-_LISTEN_RETRY: Final = 1.0  # seconds between rounds over the sentinels while none answers
 SENTINEL_PORT: Final = 26379
 # What the sentinels' own clients take from the options given for the master's:
 # the same bounds in time, so that a dead sentinel fails as fast as a dead master.
 _SENTINEL_OPTIONS: Final = ("socket_timeout", "socket_connect_timeout", "retry")
 _FORM: Final = "redis+sentinel://[user:password@]host:26379[,host:26379…]/<master-name>[/db]"
+SWITCH_CHANNEL: Final = "+switch-master"  # "<master name> <old ip> <old port> <new ip> <new port>"
+_LISTEN_POLL: Final = 1.0  # seconds a read of the announcements waits before looking again
+_LISTEN_RETRY: Final = 1.0  # seconds between rounds over the sentinels while none answers
 
 
 @dataclass(frozen=True)
