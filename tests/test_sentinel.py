@@ -5,7 +5,9 @@ The servers are real and the test's own: a primary, a replica (``--replicaof``) 
 all with passwords, on free ports. The failover is the one Sentinel exists for:
 the primary dies (SIGKILL), Sentinel promotes the replica, and the bot, which only
 knows the sentinels' addresses, must go on answering from the new master —
-history, leases and the control channel's pub/sub included.
+history, leases and the control channel's pub/sub included. And the failover an
+operator asks for (``SENTINEL FAILOVER``), where the old master stays up and writable
+for seconds: no write may go there once the master is switched.
 """
 
 from __future__ import annotations
@@ -391,3 +393,54 @@ async def test_a_requested_failover_moves_every_connection_at_once(
     assert "switched master 'gptalk-master'" in caplog.text
     for secret in (PASSWORD, SENTINEL_PASSWORD):
         assert secret not in caplog.text
+
+
+async def test_a_requested_failover_under_the_bot_keeps_every_write(
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    sentinels: Sentinels,
+    tmp_path: Path,
+    procs: list[asyncio.subprocess.Process],
+) -> None:
+    proc = await start_bot(bot_env(tg, fake_gptalk, REDIS_URL=sentinels.url()), tmp_path)
+    procs.append(proc)
+    await tg.wait_for(lambda: tg.long_poll_pending, timeout=SETTLE_TIMEOUT)
+    ann = tg.add_user(42, "Ann")
+    chat = tg.private_chat(ann)
+    expected = render(DEFAULT_ANSWER).text
+    history = "gptalk:history:42"
+    old = sentinels.client(sentinels.primary_port)
+
+    first = tg.user_message(chat, ann, "first question")
+    await tg.wait_for(
+        lambda: tg.visible_text(42, first["message_id"]) == expected, timeout=SETTLE_TIMEOUT
+    )
+    await tg.wait_for(lambda: old.llen(history) == 2, timeout=SETTLE_TIMEOUT)
+    old.set("test:replicated", 1)
+    assert old.wait(1, 5000) == 1
+
+    assert sentinels.sentinel.sentinel_failover(MASTER)
+    await tg.wait_for(
+        lambda: sentinels.master_port() == sentinels.replica_port, timeout=SETTLE_TIMEOUT
+    )
+    await asyncio.sleep(0.5)  # the announcement comes with the switch
+    second = tg.user_message(chat, ann, "second question")
+    await tg.wait_for(
+        lambda: tg.visible_text(42, second["message_id"]) == expected, timeout=SETTLE_TIMEOUT
+    )
+    assert fake_gptalk.prompts[-1].startswith("User: first question\nAssistant: **Autumn")
+    # The old master is still up and writable (Sentinel demotes it seconds later, and
+    # its resync then drops what it took), yet the second turn went to the new one.
+    new = sentinels.client(sentinels.replica_port)
+    await tg.wait_for(lambda: new.llen(history) == 4, timeout=SETTLE_TIMEOUT)
+    assert old.info("replication")["role"] == "master"
+    assert old.llen(history) == 2
+
+    proc.send_signal(signal.SIGTERM)
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert "switched master 'gptalk-master'" in log
+    assert "Traceback" not in log
+    for secret in (PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in log
