@@ -275,6 +275,41 @@ async def test_the_cli_shares_its_token_through_sentinel(
 
 # ---------------------------------------------------------------------- failover
 
+EXPECTED = render(DEFAULT_ANSWER).text
+
+
+async def _bot_answering(
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    sentinels: Sentinels,
+    tmp_path: Path,
+    procs: list[asyncio.subprocess.Process],
+) -> tuple[asyncio.subprocess.Process, dict[str, Any], dict[str, Any]]:
+    """``python -m bot`` through the sentinels, with Ann's first question answered:
+    the process, Ann and her chat."""
+    proc = await start_bot(bot_env(tg, fake_gptalk, REDIS_URL=sentinels.url()), tmp_path)
+    procs.append(proc)
+    await tg.wait_for(lambda: tg.long_poll_pending, timeout=SETTLE_TIMEOUT)
+    ann = tg.add_user(42, "Ann")
+    chat = tg.private_chat(ann)
+    first = tg.user_message(chat, ann, "first question")
+    await tg.wait_for(
+        lambda: tg.visible_text(42, first["message_id"]) == EXPECTED, timeout=SETTLE_TIMEOUT
+    )
+    return proc, ann, chat
+
+
+async def _stopped_cleanly(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM; the log, checked for exit 0, no traceback and no password."""
+    proc.send_signal(signal.SIGTERM)
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert "Traceback" not in log
+    for secret in (PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in log
+    return log
+
 
 async def test_a_failover_keeps_the_bot_answering(
     tg: FakeTelegram,
@@ -283,17 +318,7 @@ async def test_a_failover_keeps_the_bot_answering(
     tmp_path: Path,
     procs: list[asyncio.subprocess.Process],
 ) -> None:
-    proc = await start_bot(bot_env(tg, fake_gptalk, REDIS_URL=sentinels.url()), tmp_path)
-    procs.append(proc)
-    await tg.wait_for(lambda: tg.long_poll_pending, timeout=SETTLE_TIMEOUT)
-    ann = tg.add_user(42, "Ann")
-    chat = tg.private_chat(ann)
-    expected = render(DEFAULT_ANSWER).text
-
-    first = tg.user_message(chat, ann, "first question")
-    await tg.wait_for(
-        lambda: tg.visible_text(42, first["message_id"]) == expected, timeout=SETTLE_TIMEOUT
-    )
+    proc, ann, chat = await _bot_answering(tg, fake_gptalk, sentinels, tmp_path, procs)
     primary = sentinels.client(sentinels.primary_port)
     history = "gptalk:history:42"
     await tg.wait_for(lambda: primary.llen(history) == 2, timeout=SETTLE_TIMEOUT)
@@ -311,7 +336,7 @@ async def test_a_failover_keeps_the_bot_answering(
     promoted = time.monotonic()
     second = tg.user_message(chat, ann, "second question")
     await tg.wait_for(
-        lambda: tg.visible_text(42, second["message_id"]) == expected, timeout=SETTLE_TIMEOUT
+        lambda: tg.visible_text(42, second["message_id"]) == EXPECTED, timeout=SETTLE_TIMEOUT
     )
     answered = time.monotonic()
     # The second prompt was built from the history on the new master.
@@ -339,13 +364,7 @@ async def test_a_failover_keeps_the_bot_answering(
     )
     assert not [m for m in tg.bot_messages(42) if m.text.startswith("Nothing to stop")]
 
-    proc.send_signal(signal.SIGTERM)
-    _out, err = await asyncio.wait_for(proc.communicate(), 60)
-    log = err.decode()
-    assert proc.returncode == 0, log
-    assert "Traceback" not in log
-    for secret in (PASSWORD, SENTINEL_PASSWORD):
-        assert secret not in log
+    await _stopped_cleanly(proc)
     print(
         f"\nfailover: promoted {promoted - killed:.1f} s after the kill; the next prompt "
         f"answered {(answered - promoted) * 1000:.0f} ms after that "
@@ -402,19 +421,9 @@ async def test_a_requested_failover_under_the_bot_keeps_every_write(
     tmp_path: Path,
     procs: list[asyncio.subprocess.Process],
 ) -> None:
-    proc = await start_bot(bot_env(tg, fake_gptalk, REDIS_URL=sentinels.url()), tmp_path)
-    procs.append(proc)
-    await tg.wait_for(lambda: tg.long_poll_pending, timeout=SETTLE_TIMEOUT)
-    ann = tg.add_user(42, "Ann")
-    chat = tg.private_chat(ann)
-    expected = render(DEFAULT_ANSWER).text
+    proc, ann, chat = await _bot_answering(tg, fake_gptalk, sentinels, tmp_path, procs)
     history = "gptalk:history:42"
     old = sentinels.client(sentinels.primary_port)
-
-    first = tg.user_message(chat, ann, "first question")
-    await tg.wait_for(
-        lambda: tg.visible_text(42, first["message_id"]) == expected, timeout=SETTLE_TIMEOUT
-    )
     await tg.wait_for(lambda: old.llen(history) == 2, timeout=SETTLE_TIMEOUT)
     old.set("test:replicated", 1)
     assert old.wait(1, 5000) == 1
@@ -426,7 +435,7 @@ async def test_a_requested_failover_under_the_bot_keeps_every_write(
     await asyncio.sleep(0.5)  # the announcement comes with the switch
     second = tg.user_message(chat, ann, "second question")
     await tg.wait_for(
-        lambda: tg.visible_text(42, second["message_id"]) == expected, timeout=SETTLE_TIMEOUT
+        lambda: tg.visible_text(42, second["message_id"]) == EXPECTED, timeout=SETTLE_TIMEOUT
     )
     assert fake_gptalk.prompts[-1].startswith("User: first question\nAssistant: **Autumn")
     # The old master is still up and writable (Sentinel demotes it seconds later, and
@@ -435,12 +444,4 @@ async def test_a_requested_failover_under_the_bot_keeps_every_write(
     await tg.wait_for(lambda: new.llen(history) == 4, timeout=SETTLE_TIMEOUT)
     assert old.info("replication")["role"] == "master"
     assert old.llen(history) == 2
-
-    proc.send_signal(signal.SIGTERM)
-    _out, err = await asyncio.wait_for(proc.communicate(), 60)
-    log = err.decode()
-    assert proc.returncode == 0, log
-    assert "switched master 'gptalk-master'" in log
-    assert "Traceback" not in log
-    for secret in (PASSWORD, SENTINEL_PASSWORD):
-        assert secret not in log
+    assert "switched master 'gptalk-master'" in await _stopped_cleanly(proc)
