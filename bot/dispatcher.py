@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from bot.middlewares.language import LanguageMiddleware
 from bot.middlewares.paste_order import PasteOrderMiddleware
 from bot.middlewares.stale import StaleMessageMiddleware
 from bot.storage.stats import Stats, keep_refreshing
+from bot.tasks import stop_task
 
 __all__ = ["create_dispatcher", "set_commands"]
 
@@ -73,9 +73,7 @@ def create_dispatcher(
         # aiogram stops polling without waiting for running handlers: we do.
         await answerer.drain(shutdown_timeout)
         for task in refresher:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     dp.startup.register(on_startup)
     dp.shutdown.register(on_shutdown)

@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from bot.tasks import stop_task
+
 __all__ = ["Heartbeat"]
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,7 @@ class Heartbeat:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
 

@@ -9,11 +9,12 @@ delay directly; the last ``window`` delays give p50/p99/max for ``/stats`` and m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from bot.tasks import stop_task
 
 __all__ = ["LagProbe", "LagSnapshot"]
 
@@ -56,10 +57,7 @@ class LagProbe:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     def snapshot(self) -> LagSnapshot:
         ordered = sorted(self._delays)

@@ -18,6 +18,8 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.tasks import stop_task
+
 __all__ = ["Subscriber"]
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,7 @@ class Subscriber:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         # redis-py's reads may swallow a cancellation (asyncio.wait_for on 3.11): a

@@ -24,7 +24,6 @@ for the contract tests).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from redis.exceptions import RedisError
 
 from bot.delivery.render import Entity, Rendered
 from bot.storage.keys import ConversationKey, Keys
+from bot.tasks import stop_task
 
 __all__ = [
     "DEFAULT_ENTRY_TTL",
@@ -219,11 +219,8 @@ class _Leased:
             self._renewal = asyncio.create_task(_keep_renewing(self._renew, self.lease / 3))
 
     async def aclose(self) -> None:
-        if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
-            self._renewal = None
+        await stop_task(self._renewal)
+        self._renewal = None
         await self._give_up()
 
 

@@ -12,7 +12,6 @@ live owners — this process's and other replicas' — are never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Final
 
@@ -33,6 +32,7 @@ from bot.delivery.journal import Entry, Journal, digest
 from bot.delivery.render import MAX_MESSAGE_UNITS, Entity, Rendered, render, utf16_len
 from bot.i18n import Language, texts_for
 from bot.storage.history import HistoryStore, Turn
+from bot.tasks import stop_task
 
 __all__ = ["Recovery", "with_marker"]
 
@@ -76,11 +76,8 @@ class Recovery:
         self._task = asyncio.create_task(self._keep_sweeping())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._journal.aclose()
 
     async def _keep_sweeping(self) -> None:

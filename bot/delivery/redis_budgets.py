@@ -20,7 +20,6 @@ still on their way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
@@ -32,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.storage.keys import Keys
+from bot.tasks import stop_task
 
 from .budgets import (
     FLIGHT_LAPSE,
@@ -300,7 +300,4 @@ class RedisBudgets:
 
     async def aclose(self) -> None:
         probe, self._probe = self._probe, None
-        if probe is not None:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+        await stop_task(probe)

@@ -40,6 +40,8 @@ from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
+from bot.tasks import stop_task
+
 from .budgets import Budgets, Priority, Scope
 
 __all__ = ["ChatterDroppedError", "RateLimitMiddleware", "Scheduler", "SlotRequest"]
@@ -220,11 +222,8 @@ class Scheduler:
             _call_priority.reset(token)
 
     async def aclose(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        await stop_task(self._runner)
+        self._runner = None
 
     # --- bookkeeping --------------------------------------------------------------------
 
