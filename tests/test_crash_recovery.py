@@ -72,6 +72,13 @@ async def journal(redis: aioredis.Redis, made: list[RedisJournal], owner: str) -
     return result
 
 
+async def another_replica(
+    bot: Bot, redis: aioredis.Redis, journals: list[RedisJournal], history: RedisHistoryStore
+) -> Recovery:
+    """A live replica's recovery, to sweep by hand."""
+    return Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1)
+
+
 def crash(journal: RedisJournal) -> None:
     """The process dies: its lease is no longer renewed, nor given up."""
     assert journal._renewal is not None
@@ -218,7 +225,8 @@ async def test_nothing_shown_yet_gets_the_marker_as_a_reply(
         Entry.new(ConversationKey(1001), reply_to=question["message_id"], question="hi")
     )
     await dead.aclose()  # a graceful stop leaves it orphaned at once
-    assert await Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1).sweep()
+    sweeper = await another_replica(bot, redis, journals, history)
+    assert await sweeper.sweep()
     [notice] = tg.bot_messages(1001)
     assert notice.text == MARKER
     assert notice.reply_to == question["message_id"]
@@ -236,7 +244,8 @@ async def test_a_full_last_message_gets_the_marker_in_a_new_one(
     dead = await journal(redis, journals, "host:1")
     _entry, _question, shown = await half_written(tg, bot, history, dead, "word " * 810)
     await dead.aclose()
-    assert await Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1).sweep()
+    sweeper = await another_replica(bot, redis, journals, history)
+    assert await sweeper.sweep()
     first, notice = tg.bot_messages(1001)
     assert first.text == shown.text
     assert notice.text == MARKER
@@ -259,7 +268,7 @@ async def test_a_deleted_message_or_a_moved_on_history_is_handled_quietly(
     await history.append(ConversationKey(1001), Message(role="user", content="and winter?"))
     await dead.aclose()
     with caplog.at_level(logging.INFO, logger="bot.delivery.recovery"):
-        sweeper = Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1)
+        sweeper = await another_replica(bot, redis, journals, history)
         assert await sweeper.sweep() == 1
     assert "deleted" in caplog.text
     assert "history moved on" in caplog.text
@@ -283,7 +292,7 @@ async def test_a_prompt_that_started_before_the_sweep_keeps_its_place_after_the_
     later = [Message(role="user", content="and winter?"), Message(role="assistant", content="Snow")]
     await history.append(ConversationKey(1001), *later)
     await dead.aclose()
-    sweeper = Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1)
+    sweeper = await another_replica(bot, redis, journals, history)
     assert await sweeper.sweep() == 1
     assert await history.load(ConversationKey(1001)) == [
         {"role": "user", "content": "Write about autumn"},
@@ -302,7 +311,7 @@ async def test_telegram_failing_leaves_the_answer_for_the_next_sweep(
     dead = await journal(redis, journals, "host:1")
     _entry, _question, shown = await half_written(tg, bot, history, dead)
     await dead.aclose()
-    sweeper = Recovery(bot, await journal(redis, journals, "h:2"), history, interval=1)
+    sweeper = await another_replica(bot, redis, journals, history)
     tg.fail_next("editMessageText", error_code=500, description="Internal Server Error")
     assert await sweeper.sweep() == 0
     [message] = tg.bot_messages(1001)
