@@ -47,6 +47,21 @@ async def enter(line: RedisLine[ConversationKey], order: int) -> RedisTicket[Con
     return ticket
 
 
+async def hand_over(
+    ticket: RedisTicket[ConversationKey], *, if_waiting: bool = False
+) -> str | None:
+    """Hand ``ticket`` to the others as a stopping replica does: the id it sent, or
+    None when it kept the place (and sent nothing)."""
+    sent: list[str] = []
+
+    async def send() -> None:
+        sent.append(ticket.id)
+
+    handed = await ticket.hand_over(send, if_waiting=if_waiting)
+    assert sent == ([ticket.id] if handed else [])
+    return sent[0] if handed else None
+
+
 class Holder:
     """Waits for the ticket's turn, notes it, and holds it until ``release``."""
 
@@ -77,16 +92,11 @@ async def test_a_handed_over_place_keeps_its_rank_on_the_adopting_replica(
     second = Holder("2", second_ticket, log)
     third = Holder("3", await enter(b, 3), log)
     await settle()
-    sent: list[str] = []
-
-    async def send() -> None:
-        sent.append(second_ticket.id)
-
-    assert await second_ticket.hand_over(send, if_waiting=True)
+    sent = await hand_over(second_ticket, if_waiting=True)
+    assert sent == second_ticket.id
     await asyncio.wait_for(second.task, 5)
-    assert sent == [second_ticket.id]
     await asyncio.sleep(LEASE / 2)  # nobody looks after it meanwhile, for less than a lease
-    adopted = await b.adopt(KEY, sent[0])
+    adopted = await b.adopt(KEY, sent)
     assert adopted is not None
     again = Holder("2 on b", adopted, log)
     first.release.set()
@@ -104,16 +114,12 @@ async def test_a_place_whose_turn_came_stays_unless_running_ones_are_wanted(
 ) -> None:
     a, b = lines
     ticket = await enter(a, 1)
-    sent: list[str] = []
-
-    async def send() -> None:
-        sent.append(ticket.id)
-
-    assert not await ticket.hand_over(send, if_waiting=True)  # it runs: kept, still renewed
+    assert await hand_over(ticket, if_waiting=True) is None  # it runs: kept, still renewed
     await asyncio.sleep(LEASE * 1.5)
     assert await a.counts(KEY) == (1, 0)
-    assert await ticket.hand_over(send)  # a running one too, when asked
-    adopted = await b.adopt(KEY, sent[0])
+    sent = await hand_over(ticket)  # a running one too, when asked
+    assert sent is not None
+    adopted = await b.adopt(KEY, sent)
     assert adopted is not None
     await asyncio.sleep(LEASE * 1.5)  # the adopter renews its lease now
     assert await b.counts(KEY) == (1, 0)
@@ -148,14 +154,10 @@ async def test_a_failed_send_keeps_the_place_here_and_a_lapsed_one_is_not_adopte
 
     third = await enter(a, 3)
     fourth = await enter(a, 4)
-    gone: list[str] = []
-
-    async def send() -> None:
-        gone.append(fourth.id)
-
-    assert await fourth.hand_over(send, if_waiting=True)
+    gone = await hand_over(fourth, if_waiting=True)
+    assert gone is not None
     await asyncio.sleep(LEASE * 1.5)  # nobody adopted it in time: the place lapsed
-    assert await b.adopt(KEY, gone[0]) is None
+    assert await b.adopt(KEY, gone) is None
     async with third:
         assert await a.counts(KEY) == (1, 0)
 
