@@ -23,12 +23,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from redis.asyncio.connection import parse_url
 from yarl import URL
 
 from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
-from gptalk.redis_url import is_sentinel_url, parse_sentinel_url, url_secrets
+from gptalk.redis_url import check_redis_url, url_secrets
 
 __all__ = ["ConfigError", "Settings", "load_settings", "secrets_of"]
 
@@ -216,22 +215,8 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip() or None
-            if value is not None and is_sentinel_url(value):
-                try:
-                    parse_sentinel_url(value)
-                except ValueError as exc:
-                    raise ValueError(f"is not a valid Redis Sentinel URL ({exc})") from None
-                return value
-            if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
             if value is not None:
-                try:
-                    parse_url(value)  # what the connection pool does later, with a traceback
-                except ValueError as exc:
-                    # urllib quotes a non-numeric port, which in "redis://:secret" is the
-                    # password: name the problem without it.
-                    reason = "the port is not a number" if "integer" in str(exc) else str(exc)
-                    raise ValueError(f"is not a valid Redis URL ({reason})") from None
+                check_redis_url(value)
         return value
 
     @field_validator("admin_ids", "allowed_user_ids", mode="before")

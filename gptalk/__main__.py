@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from .auth import RedisTokenStore, TokenStore
 from .client import DEFAULT_BASE_URL, DEFAULT_MAX_USES, DEFAULT_MODEL, GPTalkClient
 from .errors import GPTalkError
-from .redis_url import is_sentinel_url, parse_sentinel_url, redis_from_url
+from .redis_url import check_redis_url, redis_from_url
 
 T = TypeVar("T")
 
@@ -126,18 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.read_timeout = _env("GPTALK_READ_TIMEOUT", _positive_float, 60.0)
         if not args.url.startswith(("http://", "https://")):
             raise UsageError(f"--url/GPTALK_URL: not an http(s) URL: {args.url!r}")
-        if args.redis_url and is_sentinel_url(args.redis_url):
+        if args.redis_url:
             try:
-                parse_sentinel_url(args.redis_url)
+                check_redis_url(args.redis_url)
             except ValueError as exc:  # its reason never quotes the URL
                 raise UsageError(f"--redis-url/REDIS_URL: {exc}") from None
-        elif args.redis_url:
-            try:
-                Redis.from_url(args.redis_url)  # validates the URL; connects lazily
-            except ValueError:
-                raise UsageError(
-                    "--redis-url/REDIS_URL: not a redis:// or redis+sentinel:// URL"
-                ) from None
     except UsageError as exc:
         parser.error(str(exc))
     prompt = sys.stdin.read() if args.prompt == ["-"] else " ".join(args.prompt)

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 __all__ = [
     "SENTINEL_SCHEME",
     "SentinelURL",
+    "check_redis_url",
     "is_sentinel_url",
     "parse_sentinel_url",
     "redis_from_url",
@@ -133,6 +134,26 @@ def _sentinel(part: str, n: int) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"sentinel {n}: the port is not a number from 1 to 65535")
     return host, int(port)
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError, saying why without quoting the URL, unless :func:`redis_from_url`
+    can use ``url``."""
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid Redis Sentinel URL ({exc})") from None
+        return
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
+    try:
+        parse_url(url)  # what the connection pool does later, with a traceback
+    except ValueError as exc:
+        # urllib quotes a non-numeric port, which in "redis://:secret" is the
+        # password: name the problem without it.
+        reason = "the port is not a number" if "integer" in str(exc) else str(exc)
+        raise ValueError(f"is not a valid Redis URL ({reason})") from None
 
 
 def url_secrets(url: str) -> list[str]:
