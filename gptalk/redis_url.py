@@ -290,9 +290,7 @@ def redis_from_url(url: str, **options: Any) -> Redis:
     sentinel_options.setdefault("retry", Retry(NoBackoff(), 1))
     if parsed.sentinel_password is not None:
         sentinel_options["password"] = parsed.sentinel_password
-    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
-        list(parsed.sentinels), sentinel_kwargs=sentinel_options
-    )
+    sentinel = _Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)
     client: Redis = sentinel.master_for(
         parsed.master,
         connection_pool_class=_SentinelMasterPool,

@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.healthcheck import DEFAULT_HEARTBEAT_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = "/opt/venv/bin/python"
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -187,11 +188,15 @@ def test_passed_through_variables_stay_unset_when_unset(compose: dict[str, Any])
 # --- Dockerfile -------------------------------------------------------------------------------
 
 
-def test_dockerfile_base_is_a_slim_python() -> None:
+def test_dockerfile_base_is_a_slim_python_by_default() -> None:
+    """The base is an argument (CI builds on a local Debian base), a slim Python by default."""
+    [base_arg] = [a for a in instruction("ARG") if a.startswith("BASE_IMAGE=")]
+    default = base_arg.partition("=")[2]
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", default), default
     froms = instruction("FROM")
-    assert froms
-    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", froms[0].split()[0]), froms[0]
-    assert len(froms) == 1 or " AS " in froms[0].upper()
+    assert froms == ["${BASE_IMAGE}"]
+    keywords = [keyword for keyword, _ in dockerfile()]
+    assert keywords.index("ARG") < keywords.index("FROM")
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -209,6 +214,7 @@ def test_dockerfile_health_check_runs_the_heartbeat_check() -> None:
     argv = exec_form(command) if command.strip().startswith("[") else shlex.split(command)
     assert "bot.healthcheck" in argv
     assert argv[argv.index("bot.healthcheck") - 1] == "-m"
+    assert argv[0] == VENV_PYTHON, "Debian's python3 has no `python`; the venv's has the bot"
     for option in ("--interval=30s", "--timeout=5s", "--start-period=30s", "--retries=3"):
         assert option in options.split()
     env = dockerfile_env()
@@ -217,7 +223,7 @@ def test_dockerfile_health_check_runs_the_heartbeat_check() -> None:
 
 def test_dockerfile_command_is_the_bot() -> None:
     [cmd] = instruction("CMD")
-    assert exec_form(cmd) == ["python", "-m", "bot"]
+    assert exec_form(cmd) == [VENV_PYTHON, "-m", "bot"]
     assert not instruction("ENTRYPOINT")
     assert dockerfile_env()["PYTHONUNBUFFERED"] == "1"
 
@@ -234,7 +240,17 @@ def test_dockerfile_installs_the_package_without_tests() -> None:
     if isinstance(readme, str):
         assert readme in sources, "the build reads the readme named in pyproject.toml"
     assert not any(src.startswith("tests") or src == "." for src in sources)
-    assert any("pip install --no-cache-dir ." in run for run in instruction("RUN"))
+    assert "uv.lock" in sources
+    [run] = [run for run in instruction("RUN") if "uv sync" in run]
+    sync = run.split("uv sync", 1)[1].split("&&", 1)[0].split()
+    assert {"--locked", "--no-dev", "--no-editable"} <= set(sync), sync
+    assert "pip install" not in run.replace('pip install --no-cache-dir "uv==', ""), run
+    env = dockerfile_env()
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"
+    assert env["UV_PROJECT_ENVIRONMENT"] == str(Path(VENV_PYTHON).parent.parent)
+    [uv_arg] = [a for a in instruction("ARG") if a.startswith("UV_VERSION=")]
+    lib = (ROOT / "scripts" / "lib.sh").read_text()
+    assert f"UV_VERSION={uv_arg.partition('=')[2]}" in lib, "one uv version for every install"
 
 
 def test_dockerignore_keeps_secrets_and_clutter_out() -> None:

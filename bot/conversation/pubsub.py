@@ -84,7 +84,7 @@ class Subscriber:
                 log.warning("pub/sub connection lost (%s); reconnecting", exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             if me is self._task:
                 await asyncio.sleep(RETRY)
 
