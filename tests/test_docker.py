@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ import yaml
 
 from bot.config import Settings
 from bot.healthcheck import DEFAULT_HEARTBEAT_FILE
+from gptalk.redis_url import check_redis_url
+from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = "/opt/venv/bin/python"
@@ -60,11 +65,82 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; Compose v2 refuses the file. So do we."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges keys; an explicit key may override them
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping
+)
+
+
+def load_compose(text: str) -> dict[str, Any]:
+    data = yaml.load(text, Loader=StrictLoader)
     assert isinstance(data, dict)
     return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose((ROOT / "docker-compose.yml").read_text())
+
+
+_EXPANSION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+?])(.*))?", re.DOTALL)
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's interpolation (``$$``, ``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:+r}``,
+    ``${V+r}``, ``${V:?e}``, nested), as its specification describes it."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif value.startswith("${", i):
+            depth, j = 1, i + 2
+            while depth:
+                assert j < len(value), f"unclosed ${{ in {value!r}"
+                if value.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                    continue
+                depth -= value[j] == "}"
+                j += 1
+            match = _EXPANSION.fullmatch(value[i + 2 : j - 1])
+            assert match, value
+            name, op, word = match[1], match[2], match[3] or ""
+            present, nonempty = name in env, bool(env.get(name))
+            given = nonempty if op and op.startswith(":") else present
+            if op is None:
+                out.append(env.get(name, ""))
+            elif op.endswith("-"):
+                out.append(env[name] if given else interpolate(word, env))
+            elif op.endswith("+"):
+                out.append(interpolate(word, env) if given else "")
+            else:
+                assert given, f"{name}: {word}"
+                out.append(env[name])
+            i = j
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
 
 
 def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
@@ -115,7 +191,48 @@ def test_bot_is_built_here_and_waits_for_a_healthy_redis(compose: dict[str, Any]
 
 
 def test_bot_talks_to_the_redis_service(compose: dict[str, Any]) -> None:
-    assert environment(service(compose, "bot"))["REDIS_URL"] == "redis://redis:6379/0"
+    url = environment(service(compose, "bot"))["REDIS_URL"]
+    assert url is not None
+    assert interpolate(url, {}) == "redis://redis:6379/0"
+    assert interpolate(url, {"REDIS_PASSWORD": ""}) == "redis://redis:6379/0"
+    assert interpolate(url, {"REDIS_PASSWORD": "s3cret"}) == "redis://:s3cret@redis:6379/0"
+    check_redis_url(interpolate(url, {"REDIS_PASSWORD": "s3cret"}))
+
+
+def test_the_compose_loader_refuses_duplicate_keys() -> None:
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'A'"):
+        load_compose("services:\n  bot:\n    environment:\n      A:\n      B:\n      A:\n")
+    # Merge keys (<<) are how the replicas share the bot's settings: not duplicates.
+    merged = load_compose("x: &x {A: 1}\ny:\n  <<: *x\n  B: 2\n")
+    assert merged["y"] == {"A": 1, "B": 2}
+
+
+def test_every_setting_is_listed_once_in_the_bot_environment() -> None:
+    """The strict loader refuses duplicates; this names them, in the text itself."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    block = text.split("    environment: &bot-environment\n", 1)[1]
+    block = block.split("\n    depends_on:", 1)[0]
+    names = re.findall(r"^      ([A-Z][A-Z0-9_]*):", block, flags=re.MULTILINE)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    assert duplicates == []
+    settings = {name.upper() for name in Settings.model_fields}
+    assert settings - {"HEARTBEAT_FILE", "JOURNAL_LEASE", "TELEGRAM_TIME_SCALE"} <= set(names)
+
+
+def test_interpolation_as_compose_does_it() -> None:
+    env = {"A": "a", "E": ""}
+    assert interpolate("$${A} ${A} ${B:-b} ${E:-e} ${E-e} ${A:+[${A}]} ${B+x}", env) == (
+        "${A} a b e  [a] "
+    )
+    with pytest.raises(AssertionError, match="B: needed"):
+        interpolate("${B:?needed}", env)
+
+
+def test_only_the_ports_the_deployment_needs_are_published(compose: dict[str, Any]) -> None:
+    """nginx's webhook port, nothing else: not Redis, not the bots' health listeners."""
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if "ports" in svc}
+    assert published == {"nginx": ["8080:8080"]}
+    assert all("expose" not in svc for svc in compose["services"].values())
 
 
 def test_env_file_is_optional(compose: dict[str, Any]) -> None:
@@ -138,15 +255,64 @@ def test_redis_is_persistent_and_health_checked(compose: dict[str, Any]) -> None
     assert "ping" in words
 
     command = redis["command"]
-    command = command if isinstance(command, list) else shlex.split(command)
-    assert "--appendonly" in command
-    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[:2] == ["sh", "-c"]
+    assert shlex.split(command[2])[:4] == ["exec", "redis-server", "--appendonly", "yes"]
 
     volumes = [v for v in redis["volumes"] if isinstance(v, str) and v.endswith(":/data")]
     assert len(volumes) == 1, redis["volumes"]
     volume = volumes[0].split(":", 1)[0]
     assert volume in (compose.get("volumes") or {}), f"volume {volume!r} is not declared"
     assert "ports" not in redis, "Redis is for the bot only: publish no host port"
+
+
+def shell_command(line: str, env: dict[str, str], **options: str) -> str:
+    """A compose ``sh -c`` line as the container's shell gets it, with ``options`` added
+    after the program's name (``redis-server``, ``redis-cli``)."""
+    line = interpolate(line, env)  # compose's pass: `$$` becomes `$`
+    for program, extra in options.items():
+        line = line.replace(
+            f"{program.replace('_', '-')} ", f"{program.replace('_', '-')} {extra} ", 1
+        )
+    return line
+
+
+@pytest.mark.parametrize("password", ["", "s3cretPW42"])
+def test_redis_password_turns_on_requirepass_and_the_health_check_passes(
+    compose: dict[str, Any], tmp_path: Path, password: str
+) -> None:
+    """The redis service's own command and health check, run by ``sh`` on this machine's
+    redis-server (its port and directory added), with and without REDIS_PASSWORD."""
+    redis = service(compose, "redis")
+    env = {
+        name: interpolate(value or "", {"REDIS_PASSWORD": password})
+        for name, value in environment(redis).items()
+    }
+    assert env == {"REDIS_PASSWORD": password}
+    port = free_port()
+    here = f"--port {port} --bind 127.0.0.1 --dir {tmp_path}"
+    server = subprocess.Popen(
+        ["sh", "-c", shell_command(redis["command"][2], {}, redis_server=here)],
+        env={**os.environ, **env}, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        [kind, health] = redis["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        check = shell_command(health, {}, redis_cli=f"-p {port}")
+        deadline = time.monotonic() + 10
+        while subprocess.run(["sh", "-c", check], env={**os.environ, **env}).returncode:
+            assert time.monotonic() < deadline, "the health check never passed"
+            time.sleep(0.1)
+        anonymous = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
+        )
+        assert ("NOAUTH" in anonymous.stdout) is bool(password), anonymous.stdout
+        if password:  # the health check is not passing for a reason other than the password
+            wrong = subprocess.run(["sh", "-c", check], env={**os.environ, "REDIS_PASSWORD": "x"})
+            assert wrong.returncode != 0
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_stop_grace_period_covers_the_shutdown_timeout(compose: dict[str, Any]) -> None:
@@ -178,7 +344,7 @@ def test_passed_through_variables_stay_unset_when_unset(compose: dict[str, Any])
     """``VAR:`` (no value) passes the shell's value or leaves VAR unset; ``${VAR:-}`` would set
     it to "" in the container, and ``GPTALK_MAX_USES=`` or ``LOG_LEVEL=`` are invalid."""
     env = environment(service(compose, "bot"))
-    assert env.pop("REDIS_URL") == "redis://redis:6379/0"
+    assert interpolate(env.pop("REDIS_URL") or "", {}) == "redis://redis:6379/0"
     token = env.pop("BOT_TOKEN")
     assert token is not None
     assert token.startswith("${BOT_TOKEN:?"), "compose should refuse to start without a token"
@@ -271,7 +437,7 @@ def test_replicas_profile_runs_three_webhook_replicas_behind_nginx(compose: dict
         assert replica["build"] == service(compose, "bot")["build"]
         env = environment(replica)
         assert env["REPLICA_ID"] == f"bot-{i}"
-        assert env["REDIS_URL"] == "redis://redis:6379/0"  # shared state: claims, budgets
+        assert env["REDIS_URL"] == base["REDIS_URL"]  # shared state: claims, budgets
         assert {k for k in base if k not in env} == set()
         assert env["WEBHOOK_URL"] is None  # from .env or the shell
     nginx = service(compose, "nginx")
