@@ -65,6 +65,8 @@ class Texts:
     ask_usage: str
     quote_question: str  # the prompt of /ask (or a bare mention) replying to a message
     new_conversation: str
+    new_admins_only: str  # /new in a group from someone who does not administer it
+    admin_check_failed: str  # Telegram did not say who administers the group
     nothing_to_stop: str
     nothing_of_yours: str
 
