@@ -99,6 +99,7 @@ EN = Texts(
     cmd_reset_token="Admin: force a fresh GPTalk login",
     cmd_stats="Admin: usage counters",
     admin_only="⛔ This command is for the bot's admins.",
+    admin_private_only="🔒 Admin commands work only in a private chat with me.",
     unknown_time="unknown",
     gptalk_unused="ℹ️ GPTalk is not in use (LLM_PROVIDERS does not list it).",
     no_token_login="🔑 No GPTalk token yet: the next request logs in.",

@@ -88,6 +88,7 @@ class Texts:
     cmd_reset_token: str
     cmd_stats: str
     admin_only: str
+    admin_private_only: str  # an admin command in a group, from anyone
     unknown_time: str
     gptalk_unused: str
     no_token_login: str
