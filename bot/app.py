@@ -17,6 +17,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.methods import (
     EditMessageText,
+    GetChatMember,
     GetMe,
     GetUpdates,
     GetWebhookInfo,
@@ -33,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from bot.answering import Answerer, conversation_limits
+from bot.chat_admins import ChatAdmins
 from bot.config import Settings
 from bot.conversation.arrivals import Arrivals
 from bot.conversation.control import Control, LocalControl, RedisControl
@@ -118,7 +120,7 @@ def pin_response_models() -> list[Any]:
     (~20 % of the CPU under load, bench/REPORT.md). The app holds the ones it uses."""
     used = (
         GetUpdates, GetMe, SendMessage, EditMessageText, SendChatAction, SetMyCommands,
-        GetWebhookInfo, SetWebhook,
+        GetWebhookInfo, SetWebhook, GetChatMember,
     )  # fmt: skip
     return [Response.__class_getitem__(cast(Any, method.__returning__)) for method in used]
 
@@ -335,6 +337,8 @@ async def build_application(
         history=history,
         unwritable=unwritable,
         lag=lag,
+        # One cache per process: every handler and filter that asks shares its answers.
+        chat_admins=ChatAdmins(),
     )
     dispatcher.update.outer_middleware(ObserveUpdates(metrics))
     dispatcher.startup.register(lag.start)

@@ -57,6 +57,17 @@ disconnects (aiogram's ``stop_polling`` cancels its request) ends its long poll 
 
 The fake delivers every group message (as if privacy mode were off or the bot an admin).
 
+Chat members
+------------
+``getChatMember`` and ``getChatAdministrators`` answer from what tests declare with
+:meth:`FakeTelegram.set_member` (``creator``, ``administrator``, ``member``, ``restricted``,
+``left``, ``kicked``), in Telegram's shapes (``ChatMemberOwner``, ``ChatMemberAdministrator``...).
+Undeclared, a user who wrote in a group is a ``member`` there and one who never did is ``left``;
+the bot is a ``member`` (``restricted`` after :meth:`FakeTelegram.restrict_bot`). A user the fake
+has never seen is ``400 Bad Request: user not found`` (Telegram's answer for a user the bot has
+never met); Telegram's sporadic ``PARTICIPANT_ID_INVALID`` (:data:`PARTICIPANT_ID_INVALID`) is
+for :meth:`FakeTelegram.fail_next`. Every call is recorded (``calls_to("getChatMember")``).
+
 Webhooks
 --------
 ``setWebhook`` registers a URL (with ``secret_token`` and ``allowed_updates``; ``getWebhookInfo``
@@ -97,7 +108,9 @@ __all__ = [
     "MIGRATED",
     "NOT_MODIFIED",
     "NO_RIGHTS",
+    "PARTICIPANT_ID_INVALID",
     "TOPIC_CLOSED",
+    "USER_NOT_FOUND",
     "Call",
     "Draft",
     "FakeTelegram",
@@ -108,6 +121,10 @@ MAX_MESSAGE_LENGTH: Final = 4096
 MIGRATED: Final = "Bad Request: group chat was upgraded to a supergroup chat"
 NO_RIGHTS: Final = "Bad Request: not enough rights to send text messages to the chat"
 TOPIC_CLOSED: Final = "Bad Request: TOPIC_CLOSED"
+USER_NOT_FOUND: Final = "Bad Request: user not found"
+# What Telegram answers now and then for a member it would otherwise call "left"
+# (tdlib/telegram-bot-api#802); the fake answers it only through fail_next.
+PARTICIPANT_ID_INVALID: Final = "Bad Request: PARTICIPANT_ID_INVALID"
 BAD_GATEWAY_HTML: Final = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -145,11 +162,16 @@ _METHODS: Final[dict[str, str]] = {
         "deleteMyCommands",
         "getMyCommands",
         "getChat",
+        "getChatMember",
+        "getChatAdministrators",
         "answerCallbackQuery",
         "sendMessageDraft",
     )
 }
-# methods that create or edit messages: these count against the rate limits
+# methods that create or edit messages: these count against the rate limits. Reads (getMe,
+# getChat, getChatMember, getChatAdministrators) do not: Telegram documents its flood limits
+# for sending messages only, and reads are not known to count. That is an assumption: if they
+# did, a burst of them would answer 429 here too.
 _RATE_LIMITED: Final = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 
 _JSON_FIELDS: Final = frozenset(
@@ -189,6 +211,7 @@ _BOOL_FIELDS: Final = frozenset(
         "show_alert",
         "can_stop",
         "keep_on_stop",
+        "return_bots",
     }
 )
 
@@ -244,6 +267,29 @@ _CHAT_ACTIONS: Final = frozenset(
 
 _SCOPES_WITHOUT_CHAT: Final = frozenset(
     {"default", "all_private_chats", "all_group_chats", "all_chat_administrators"}
+)
+
+_MEMBER_STATUSES: Final = frozenset(
+    {"creator", "administrator", "member", "restricted", "left", "kicked"}
+)
+_ADMIN_STATUSES: Final = frozenset({"creator", "administrator"})
+_RESTRICTED_RIGHTS: Final = (
+    "can_send_messages",
+    "can_send_audios",
+    "can_send_documents",
+    "can_send_photos",
+    "can_send_videos",
+    "can_send_video_notes",
+    "can_send_voice_notes",
+    "can_send_polls",
+    "can_send_other_messages",
+    "can_add_web_page_previews",
+    "can_react_to_messages",
+    "can_edit_tag",
+    "can_change_info",
+    "can_invite_users",
+    "can_pin_messages",
+    "can_manage_topics",
 )
 
 _LONG_POLL_MAX_TIMEOUT: Final = 50
@@ -1163,6 +1209,8 @@ class FakeTelegram:
         self._migrated: dict[int, int] = {}  # old group id -> its supergroup's id
         self._restricted: set[int] = set()  # chats where the bot may not send messages
         self._closed_topics: set[tuple[int, int]] = set()
+        # chat id -> user id -> declared status and its details (see set_member)
+        self._members: dict[int, dict[int, dict[str, Any]]] = {}
         self._faults: dict[str, deque[_Fault]] = {}
         self._updates: list[dict[str, Any]] = []
         self._next_update_id = 1
@@ -1350,6 +1398,8 @@ class FakeTelegram:
         chat_id = chat["id"]
         if user is not None:
             self._users.setdefault(user["id"], dict(user))
+            if chat["type"] != "private" and sender_chat is None:
+                self._members.setdefault(chat_id, {}).setdefault(user["id"], {"status": "member"})
         if text is None and not (photo or document or sticker or voice):
             raise ValueError("a message needs text or some media")
         reply_message: dict[str, Any] | None = None
@@ -1535,22 +1585,57 @@ class FakeTelegram:
         return raw
 
     def _bot_member(self, status: str) -> dict[str, Any]:
-        member: dict[str, Any] = {"user": self._bot_from()}
-        if status == "restricted":
-            rights = (
-                "can_send_messages can_send_audios can_send_documents can_send_photos "
-                "can_send_videos can_send_video_notes can_send_voice_notes can_send_polls "
-                "can_send_other_messages can_add_web_page_previews can_react_to_messages "
-                "can_edit_tag can_change_info can_invite_users can_pin_messages can_manage_topics"
-            )
-            member.update({"status": "restricted", "is_member": True, "until_date": 0})
-            member.update(dict.fromkeys(rights.split(), False))
-        elif status == "kicked":
-            member.update({"status": "kicked", "until_date": 0})
-        elif status in ("member", "left"):
-            member["status"] = status
-        else:
+        if status not in ("member", "restricted", "left", "kicked"):
             raise ValueError(f"unsupported status {status!r}")
+        return self._member(self._bot_from(), {"status": status}, supergroup=True)
+
+    @staticmethod
+    def _member(
+        user: dict[str, Any], declared: dict[str, Any], *, supergroup: bool
+    ) -> dict[str, Any]:
+        """A ChatMember as Telegram's Bot API writes it (telegram-bot-api's JsonChatMember)."""
+        status = declared["status"]
+        member: dict[str, Any] = {"user": dict(user), "status": status}
+        title = declared.get("custom_title")
+        if status == "creator":
+            if title:
+                member["custom_title"] = title
+            member["is_anonymous"] = bool(declared.get("is_anonymous"))
+        elif status == "administrator":
+            member.update(
+                {
+                    "can_be_edited": False,
+                    "can_manage_chat": True,
+                    "can_change_info": True,
+                    "can_delete_messages": True,
+                    "can_invite_users": True,
+                    "can_restrict_members": True,
+                    "can_pin_messages": True,
+                }
+            )
+            if supergroup:
+                member["can_manage_topics"] = False
+            member.update(
+                {
+                    "can_promote_members": False,
+                    "can_manage_video_chats": True,
+                    "can_post_stories": False,
+                    "can_edit_stories": False,
+                    "can_delete_stories": False,
+                    "can_manage_tags": False,
+                    # newer than the telegram-bot-api the shapes were read from; aiogram needs it
+                    "can_send_welcome_messages": False,
+                    "is_anonymous": bool(declared.get("is_anonymous")),
+                    "can_manage_voice_chats": True,  # the old name, still sent
+                }
+            )
+            if title:
+                member["custom_title"] = title
+        elif status == "restricted":  # only supergroups have restricted members
+            member.update({"until_date": 0, "is_member": True})
+            member.update(dict.fromkeys(_RESTRICTED_RIGHTS, False))
+        elif status == "kicked":
+            member["until_date"] = 0
         return member
 
     def push_update(self, update: dict[str, Any]) -> None:
@@ -1751,6 +1836,41 @@ class FakeTelegram:
         }
         self.push_update({"my_chat_member": changed})
         return changed
+
+    def set_member(
+        self,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        status: str,
+        *,
+        is_anonymous: bool = False,
+        custom_title: str | None = None,
+    ) -> None:
+        """Declare ``user``'s status in the group ``chat``, as ``getChatMember`` and
+        ``getChatAdministrators`` report it: ``creator``, ``administrator``, ``member``,
+        ``restricted``, ``left`` or ``kicked``. ``is_anonymous``: an admin who writes as the
+        chat (supergroups only). No update is queued."""
+        chat = self._register_chat(chat)
+        if chat["type"] not in ("group", "supergroup"):
+            raise ValueError("members are declared in groups and supergroups")
+        if status not in _MEMBER_STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        supergroup = chat["type"] == "supergroup"
+        if status == "restricted" and not supergroup:
+            raise ValueError("only supergroups have restricted members")
+        if is_anonymous and not (status in _ADMIN_STATUSES and supergroup):
+            raise ValueError("only admins of a supergroup can be anonymous")
+        members = self._members.setdefault(chat["id"], {})
+        if status == "creator" and any(
+            m["status"] == "creator" and uid != user["id"] for uid, m in members.items()
+        ):
+            raise ValueError("a chat has one creator")
+        self._users.setdefault(user["id"], dict(user))
+        members[user["id"]] = {
+            "status": status,
+            "is_anonymous": is_anonymous,
+            "custom_title": custom_title,
+        }
 
     def close_topic(self, chat_id: int, thread_id: int) -> None:
         """The topic is closed to the bot: sendMessage there fails with 400 :data:`TOPIC_CLOSED`."""
@@ -2333,6 +2453,50 @@ class FakeTelegram:
             }
         )
         return chat
+
+    def _m_getChatMember(self, params: dict[str, Any]) -> dict[str, Any]:
+        user_id = params.get("user_id")
+        if not _is_int(user_id) or user_id <= 0:
+            raise _bad("invalid user_id specified")
+        chat = self._chat(params)
+        if chat["type"] != "private":  # a user who blocked the bot does not hide the chat
+            self._check_blocked(chat)  # a group that kicked the bot does
+        bot_id = self.bot_user["id"]
+        user = self._bot_from() if user_id == bot_id else self._users.get(user_id)
+        if user is None:
+            raise _bad("user not found")
+        if chat["type"] == "private":
+            status = "member" if user_id in (chat["id"], bot_id) else "left"
+            return self._member(user, {"status": status}, supergroup=False)
+        declared = self._members.get(chat["id"], {}).get(user_id)
+        if declared is None:
+            if user_id == bot_id:
+                declared = {"status": "restricted" if chat["id"] in self._restricted else "member"}
+            else:
+                declared = {"status": "left"}
+        return self._member(user, declared, supergroup=chat["type"] == "supergroup")
+
+    def _m_getChatAdministrators(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The creator and the administrators; bots other than this one only with
+        ``return_bots`` (like Telegram)."""
+        chat = self._chat(params)
+        if chat["type"] == "private":
+            raise _bad("there are no administrators in the private chat")
+        self._check_blocked(chat)
+        bot_id = self.bot_user["id"]
+        admins = [
+            (user_id, declared)
+            for user_id, declared in self._members.get(chat["id"], {}).items()
+            if declared["status"] in _ADMIN_STATUSES
+        ]
+        admins.sort(key=lambda admin: admin[1]["status"] != "creator")  # the creator first
+        found = []
+        for user_id, declared in admins:
+            user = self._bot_from() if user_id == bot_id else self._users[user_id]
+            if user["is_bot"] and user_id != bot_id and not params.get("return_bots"):
+                continue
+            found.append(self._member(user, declared, supergroup=chat["type"] == "supergroup"))
+        return found
 
     def _m_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
         query_id = params.get("callback_query_id")

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from bot.delivery.render import render
 from bot.dispatcher import set_commands
+from bot.i18n import EN, RU
 from bot.storage.keys import Keys
 from bot.storage.stats import RedisStats
 from tests.bot_harness import BotHarness
@@ -259,6 +260,41 @@ async def test_non_admins_get_a_refusal_and_nothing_changes(
     await prompt(harness, root, "still the same token?")
     assert fake_gptalk.logins == 1
     assert_no_token_leaked(tg, fake_gptalk)
+
+
+async def test_admin_commands_in_a_group_only_point_to_the_private_chat(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    """Everyone in a group would read the answer: there even an admin gets one line, the
+    same as anyone's, and nothing runs."""
+    harness = await make_bot(admin_ids=frozenset({ADMIN, 3}))
+    root, eve = harness.user(ADMIN, "Root"), harness.user(2, "Eve")
+    ivan = tg.add_user(3, "Ivan", language_code="ru")  # an admin too
+    await prompt(harness, root, "hello")  # a token and some statistics exist
+    state_before = await redis_state(redis)
+
+    group = tg.group_chat(-100, "Team")
+    tg.set_member(group, root, "creator")  # even the group's own creator
+    attempts: list[tuple[dict[str, Any], str, str]] = [
+        (root, "/token", EN.admin_private_only),
+        (root, "/stats", EN.admin_private_only),
+        (root, "/reset_token", EN.admin_private_only),
+        (root, "/reset_token@gptalk_test_bot", EN.admin_private_only),
+        (ivan, "/stats", RU.admin_private_only),
+        (eve, "/token", EN.admin_private_only),
+    ]
+    for user, text, expected in attempts:
+        assert await command(harness, user, text, chat=group) == [expected], (user["id"], text)
+    assert await redis_state(redis) == state_before  # the token was not reset
+    assert fake_gptalk.logins == 1
+    assert tg.calls_to("getChatMember") == []
+    assert_no_token_leaked(tg, fake_gptalk)
+
+    # In private the same admins get their answers.
+    [token] = await command(harness, root, "/token")
+    assert "4 of 5" in token
+    [stats] = await command(harness, ivan, "/stats")
+    assert stats.startswith("📊 Статистика")
 
 
 # --- command menus -----------------------------------------------------------------------------

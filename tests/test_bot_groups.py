@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,11 @@ import redis.asyncio as aioredis
 
 from bot.delivery.budgets import TelegramLimits
 from bot.delivery.render import render
+from bot.i18n import EN, RU
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
-from tests.fake_telegram import FakeTelegram
+from tests.fake_telegram import BAD_GATEWAY_HTML, PARTICIPANT_ID_INVALID, FakeTelegram
 
 SCALE = 0.1  # fake seconds = real seconds / SCALE
 BOT = "@gptalk_test_bot"  # the fake's default bot username
@@ -510,6 +512,7 @@ async def test_new_for_another_bot_is_ignored_and_for_this_bot_clears(
     harness = await start(make_bot)
     group = tg.group_chat(GROUP_ID, "Book club")
     ann = harness.user(1, "Ann")
+    tg.set_member(group, ann, "administrator")  # /new in a group is for its administrators
     key = history_key(GROUP_ID)
     mentioning(harness, group, ann, f"{BOT} remember 42")
     await harness.settle()
@@ -537,6 +540,7 @@ async def test_new_in_a_topic_clears_only_that_topic(
     harness = await start(make_bot)
     forum = tg.group_chat(FORUM_ID, "Makers", forum=True)
     ann = harness.user(1, "Ann")
+    tg.set_member(forum, ann, "creator")
     cooking, garden = tg.forum_topic(forum, "Cooking"), tg.forum_topic(forum, "Garden")
     mentioning(harness, forum, ann, f"{BOT} general")
     for thread in (cooking, garden):
@@ -553,6 +557,196 @@ async def test_new_in_a_topic_clears_only_that_topic(
     notice = tg.bot_messages(FORUM_ID)[-1]
     assert "New conversation" in notice.text
     assert notice.thread_id == cooking
+
+
+# --- /new in a group: the chat's administrators and the bot's admins ---------------------------
+
+
+CHANNEL_BOT_ID = 136817688  # Telegram's Channel_Bot: the sender of a linked channel's posts
+
+
+def new_in(harness: BotHarness, chat: Json, user: Json, text: str = "/new", **kwargs: Any) -> Json:
+    """``user`` sends ``/new`` (or ``text``) in ``chat``, marked as a command like Telegram does."""
+    return harness.say(user, text, chat=chat, entities=command(text), **kwargs)
+
+
+def member_checks(tg: FakeTelegram) -> list[tuple[int, int]]:
+    """(chat, user) of every getChatMember the bot made."""
+    return [(c.params["chat_id"], c.params["user_id"]) for c in tg.calls_to("getChatMember")]
+
+
+async def test_a_members_new_is_refused_and_stops_and_forgets_nothing(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann, bob = harness.user(1, "Ann"), harness.user(2, "Bob")
+    ivan = tg.add_user(3, "Ivan", language_code="ru")
+    mentioning(harness, group, ann, f"{BOT} remember 42")
+    await harness.settle()
+    first_answer = fake_gptalk.answer
+    fake_gptalk.answer = "word " * 80
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.05  # ~2 s
+    running = mentioning(harness, group, bob, f"{BOT} talk")
+    await tg.wait_for(lambda: bool(harness.replies(running)))
+
+    refused = new_in(harness, group, ann)
+    refused_ru = new_in(harness, group, ivan, "/reset")
+    await harness.settle()
+    assert harness.replies(refused) == [EN.new_admins_only]
+    assert harness.replies(refused_ru) == [RU.new_admins_only]
+    assert harness.answer(running) == render(fake_gptalk.answer).text  # not stopped
+    assert [turn["content"] for turn in await stored(redis, history_key(GROUP_ID))] == [
+        "Ann: remember 42",
+        first_answer,
+        "Bob: talk",
+        fake_gptalk.answer,
+    ]
+    assert sorted(member_checks(tg)) == [(GROUP_ID, 1), (GROUP_ID, 3)]
+    no_rejections(tg)
+
+
+@pytest.mark.parametrize(
+    ("status", "resets"),
+    [("creator", True), ("administrator", True), ("member", False), ("restricted", False)],
+)
+async def test_new_in_a_group_needs_a_chat_administrator(
+    status: str,
+    resets: bool,
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann, bob = harness.user(1, "Ann"), harness.user(2, "Bob")
+    tg.set_member(group, ann, status)
+    mentioning(harness, group, bob, f"{BOT} remember 42")
+    await harness.settle()
+    fake_gptalk.answer = "word " * 80
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.05  # ~2 s
+    running = mentioning(harness, group, bob, f"{BOT} talk")
+    await tg.wait_for(lambda: bool(harness.replies(running)))
+
+    new = new_in(harness, group, ann)
+    await harness.settle()
+    assert member_checks(tg) == [(GROUP_ID, 1)]  # Telegram was asked who Ann is
+    if resets:
+        assert await redis.exists(history_key(GROUP_ID)) == 0
+        [stopped] = harness.replies(running)  # Bob's answer, stopped
+        assert stopped.endswith("the conversation was reset.")
+        assert tg.bot_messages(GROUP_ID)[-1].text == EN.new_conversation
+    else:
+        assert harness.replies(new) == [EN.new_admins_only]
+        assert harness.answer(running) == render(fake_gptalk.answer).text
+        assert len(await stored(redis, history_key(GROUP_ID))) == 4
+
+
+async def test_an_admin_from_admin_ids_resets_a_group_without_asking_telegram(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    harness = await start(make_bot, admin_ids=frozenset({9}))
+    group = tg.group_chat(GROUP_ID, "Book club")
+    bob, boss = harness.user(2, "Bob"), harness.user(9, "Boss")  # both plain members there
+    mentioning(harness, group, bob, f"{BOT} remember 42")
+    await harness.settle()
+
+    refused = new_in(harness, group, bob)
+    await harness.settle()
+    assert harness.replies(refused) == [EN.new_admins_only]
+    assert len(await stored(redis, history_key(GROUP_ID))) == 2
+
+    new_in(harness, group, boss, f"/reset{BOT}")
+    await harness.settle()
+    assert await redis.exists(history_key(GROUP_ID)) == 0
+    assert tg.bot_messages(GROUP_ID)[-1].text == EN.new_conversation
+    assert member_checks(tg) == [(GROUP_ID, 2)]  # only Bob's status was asked
+    no_rejections(tg)
+
+
+async def test_an_anonymous_admins_new_resets_and_a_linked_channels_is_refused(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    channel = {"id": -100555, "type": "channel", "title": "News"}
+    channel_bot = tg.add_user(CHANNEL_BOT_ID, "Channel", username="Channel_Bot", is_bot=True)
+    anonymous = tg.add_user(ANONYMOUS_ADMIN_ID, "Group", username="GroupAnonymousBot", is_bot=True)
+    mentioning(harness, group, harness.user(1, "Ann"), f"{BOT} remember 42")
+    await harness.settle()
+
+    # A channel's posts in its discussion group are not its administrators' words.
+    refused = new_in(harness, group, channel_bot, sender_chat=channel)
+    await harness.settle()
+    assert harness.replies(refused) == [EN.new_admins_only]
+    assert len(await stored(redis, history_key(GROUP_ID))) == 2
+
+    # Only an administrator can write as the group itself.
+    new_in(harness, group, anonymous, sender_chat=group)
+    await harness.settle()
+    assert await redis.exists(history_key(GROUP_ID)) == 0
+    assert tg.bot_messages(GROUP_ID)[-1].text == EN.new_conversation
+    assert member_checks(tg) == []  # both known from the message alone
+    no_rejections(tg)
+
+
+async def test_one_get_chat_member_per_user_a_minute(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann, bob = harness.user(1, "Ann"), harness.user(2, "Bob")
+    tg.set_member(group, ann, "administrator")
+    for _ in range(2):
+        new_in(harness, group, ann)
+        await harness.settle()
+        assert tg.bot_messages(GROUP_ID)[-1].text == EN.new_conversation
+        refused = new_in(harness, group, bob)
+        await harness.settle()
+        assert harness.replies(refused) == [EN.new_admins_only]
+    assert member_checks(tg) == [(GROUP_ID, 1), (GROUP_ID, 2)]  # the refusal is kept too
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"error_code": 502, "description": "Bad Gateway", "html": BAD_GATEWAY_HTML},
+        {"error_code": 400, "description": PARTICIPANT_ID_INVALID},
+        {"error_code": 429, "description": "Too Many Requests: retry after 5", "retry_after": 5},
+    ],
+    ids=["proxy down", "PARTICIPANT_ID_INVALID", "429"],
+)
+async def test_new_fails_closed_when_telegram_does_not_say_who_administers(
+    fault: Json,
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness = await start(make_bot)
+    group = tg.group_chat(GROUP_ID, "Book club")
+    ann = harness.user(1, "Ann")
+    tg.set_member(group, ann, "creator")
+    mentioning(harness, group, ann, f"{BOT} remember 42")
+    await harness.settle()
+
+    tg.fail_next("getChatMember", **fault)
+    failed = new_in(harness, group, ann)
+    # The check fails on purpose: the errors router answers, after the update is done.
+    await tg.wait_for(lambda: bool(harness.replies(failed)), timeout=10)
+    assert harness.replies(failed) == [EN.admin_check_failed]
+    assert [type(e).__name__ for e in harness.tracker.errors] == ["ChatAdminsUnavailableError"]
+    harness.tracker.errors.clear()
+    assert len(await stored(redis, history_key(GROUP_ID))) == 2
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback anywhere
+
+    new_in(harness, group, ann)  # a failure is not remembered: asked again, and it works
+    await harness.settle()
+    assert await redis.exists(history_key(GROUP_ID)) == 0
+    assert member_checks(tg) == [(GROUP_ID, 1), (GROUP_ID, 1)]
 
 
 async def test_stop_in_a_topic_stops_only_that_topics_answer(

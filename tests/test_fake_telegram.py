@@ -26,6 +26,12 @@ from aiogram.types import (
     BotCommand,
     BotCommandScopeChat,
     BotCommandScopeDefault,
+    ChatMemberAdministrator,
+    ChatMemberBanned,
+    ChatMemberLeft,
+    ChatMemberMember,
+    ChatMemberOwner,
+    ChatMemberRestricted,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Message,
@@ -33,7 +39,13 @@ from aiogram.types import (
     ReplyParameters,
 )
 
-from tests.fake_telegram import BAD_GATEWAY_HTML, NOT_MODIFIED, FakeTelegram
+from tests.fake_telegram import (
+    BAD_GATEWAY_HTML,
+    NOT_MODIFIED,
+    PARTICIPANT_ID_INVALID,
+    USER_NOT_FOUND,
+    FakeTelegram,
+)
 
 MakeFake = Callable[..., Awaitable[FakeTelegram]]
 MakeBot = Callable[[FakeTelegram], Bot]
@@ -615,6 +627,147 @@ async def test_chat_action_and_get_chat(fake: FakeTelegram, bot: Bot) -> None:
     assert info.title == "Forum"
     with pytest.raises(TelegramBadRequest, match="chat not found"):
         await bot.get_chat(-1)
+
+
+async def test_chat_members_as_declared(fake: FakeTelegram, bot: Bot) -> None:
+    group = fake.group_chat(-100600, "Team")
+    people = {
+        status: fake.add_user(i, name)
+        for i, (status, name) in enumerate(
+            [
+                ("creator", "Cat"),
+                ("administrator", "Ann"),
+                ("member", "Max"),
+                ("restricted", "Rob"),
+                ("left", "Lea"),
+                ("kicked", "Kim"),
+            ],
+            start=1,
+        )
+    }
+    for status, user in people.items():
+        fake.set_member(group, user, status, custom_title="boss" if status == "creator" else None)
+    kinds = {
+        "creator": ChatMemberOwner,
+        "administrator": ChatMemberAdministrator,
+        "member": ChatMemberMember,
+        "restricted": ChatMemberRestricted,
+        "left": ChatMemberLeft,
+        "kicked": ChatMemberBanned,
+    }
+    for status, user in people.items():
+        member = await bot.get_chat_member(group["id"], user["id"])
+        assert isinstance(member, kinds[status]), status
+        assert (member.status, member.user.id, member.user.first_name) == (
+            status,
+            user["id"],
+            user["first_name"],
+        )
+    owner = await bot.get_chat_member(group["id"], people["creator"]["id"])
+    assert isinstance(owner, ChatMemberOwner)
+    assert (owner.is_anonymous, owner.custom_title) == (False, "boss")
+
+    # anonymous admins write as the chat: declared so, and reported so
+    fake.set_member(group, people["administrator"], "administrator", is_anonymous=True)
+    admin = await bot.get_chat_member(group["id"], people["administrator"]["id"])
+    assert isinstance(admin, ChatMemberAdministrator)
+    assert admin.is_anonymous is True
+    assert admin.can_manage_chat is True
+
+    # undeclared: a member once they wrote there, "left" before; the bot is a member
+    eve, zed = fake.add_user(10, "Eve"), fake.add_user(11, "Zed")
+    fake.user_message(group, eve, "hi all")
+    assert (await bot.get_chat_member(group["id"], eve["id"])).status == "member"
+    assert (await bot.get_chat_member(group["id"], zed["id"])).status == "left"
+    me = await bot.get_chat_member(group["id"], fake.bot_user["id"])
+    assert (me.status, me.user.id, me.user.is_bot) == ("member", fake.bot_user["id"], True)
+    fake.restrict_bot(group["id"])
+    assert (await bot.get_chat_member(group["id"], fake.bot_user["id"])).status == "restricted"
+    # in a private chat: its user and the bot
+    _, chat_id = _user_and_chat(fake, 2002)
+    assert (await bot.get_chat_member(chat_id, chat_id)).status == "member"
+    assert (await bot.get_chat_member(chat_id, eve["id"])).status == "left"
+    assert len(fake.calls_to("getChatMember")) == 14
+    assert len(fake.calls_to("getChatMember", chat_id=group["id"])) == 12
+    assert fake.too_many_requests == 0
+
+    with pytest.raises(ValueError, match="anonymous"):
+        fake.set_member(
+            fake.group_chat(-4100, "Basic", supergroup=False), eve, "creator", is_anonymous=True
+        )
+    with pytest.raises(ValueError, match="one creator"):
+        fake.set_member(group, eve, "creator")
+    with pytest.raises(ValueError, match="status"):
+        fake.set_member(group, eve, "owner")
+
+
+async def test_chat_member_errors_are_telegrams(fake: FakeTelegram, bot: Bot) -> None:
+    group = fake.group_chat(-100601, "Team")
+    ann = fake.add_user(1, "Ann")
+    with pytest.raises(TelegramBadRequest, match="chat not found") as info:
+        await bot.get_chat_member(-100999, ann["id"])
+    assert info.value.message == "Bad Request: chat not found"
+    with pytest.raises(TelegramBadRequest) as info:
+        await bot.get_chat_member(group["id"], 777)  # a user the bot never met
+    assert info.value.message == USER_NOT_FOUND
+    with pytest.raises(TelegramBadRequest, match="invalid user_id specified"):
+        await bot.get_chat_member(group["id"], 0)
+    fake.fail_next("getChatMember", error_code=400, description=PARTICIPANT_ID_INVALID)
+    with pytest.raises(TelegramBadRequest) as info:
+        await bot.get_chat_member(group["id"], ann["id"])
+    assert info.value.message == "Bad Request: PARTICIPANT_ID_INVALID"
+    assert (await bot.get_chat_member(group["id"], ann["id"])).status == "left"
+    fake.block_chat(group["id"])
+    with pytest.raises(TelegramForbiddenError, match="kicked from the supergroup"):
+        await bot.get_chat_member(group["id"], ann["id"])
+    with pytest.raises(TelegramForbiddenError, match="kicked from the supergroup"):
+        await bot.get_chat_administrators(group["id"])
+    _, chat_id = _user_and_chat(fake, 2002)
+    with pytest.raises(TelegramBadRequest, match="no administrators in the private chat"):
+        await bot.get_chat_administrators(chat_id)
+
+
+async def test_chat_administrators(fake: FakeTelegram, bot: Bot) -> None:
+    group = fake.group_chat(-100602, "Team")
+    ann, cat, max_ = fake.add_user(1, "Ann"), fake.add_user(2, "Cat"), fake.add_user(3, "Max")
+    helper = fake.add_user(50, "Helper", username="helper_bot", is_bot=True)
+    assert await bot.get_chat_administrators(group["id"]) == []
+    fake.set_member(group, ann, "administrator")
+    fake.set_member(group, max_, "member")
+    fake.set_member(group, cat, "creator")
+    fake.set_member(group, helper, "administrator")
+    fake.set_member(group, fake.bot_user, "administrator")
+    admins = await bot.get_chat_administrators(group["id"])
+    # the creator first; other bots only when asked for
+    assert [(a.user.id, a.status) for a in admins] == [
+        (2, "creator"),
+        (1, "administrator"),
+        (fake.bot_user["id"], "administrator"),
+    ]
+    with_bots = await bot.get_chat_administrators(group["id"], return_bots=True)
+    assert [a.user.id for a in with_bots] == [2, 1, 50, fake.bot_user["id"]]
+    assert (await bot.get_chat_member(group["id"], fake.bot_user["id"])).status == "administrator"
+    assert fake.too_many_requests == 0
+
+
+async def test_member_reads_are_not_rate_limited(make_fake: MakeFake, make_bot: MakeBot) -> None:
+    """An assumption (see the fake's _RATE_LIMITED): Telegram's flood limits are
+    documented for sending, so reads never get a 429 here."""
+    fake = await make_fake(time_scale=100.0)  # the whole burst within one fake second
+    bot = make_bot(fake)
+    group = fake.group_chat(-100603, "Team")
+    ann = fake.add_user(1, "Ann")
+    fake.set_member(group, ann, "administrator")
+    for _ in range(40):
+        assert (await bot.get_chat_member(group["id"], ann["id"])).status == "administrator"
+    assert len(await bot.get_chat_administrators(group["id"])) == 1
+    assert fake.too_many_requests == 0
+    # Nor do they use up the bot-wide second: sends still get all 30 of theirs.
+    chats = [_user_and_chat(fake, 100 + i)[1] for i in range(31)]
+    for chat_id in chats[:30]:
+        await bot.send_message(chat_id, "x")
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_message(chats[30], "x")
 
 
 async def test_forum_topics_and_group_messages(fake: FakeTelegram, bot: Bot) -> None:

@@ -16,7 +16,7 @@ def routers(*, admin_ids: frozenset[int]) -> list[Router]:
         migration.create_router(),
         rights.create_router(),
         admin.create_router(admin_ids),
-        commands.create_router(),
+        commands.create_router(admin_ids),
         stop.create_router(),
         edits.create_router(),
         chat.create_router(),

@@ -1,7 +1,10 @@
 """Admin commands (``ADMIN_IDS``): /token, /reset_token, /stats.
 
-Only messages a listed admin sends as themselves pass: not on behalf of a chat
-(``sender_chat``), not forwarded. Everyone else gets a refusal and nothing changes.
+Answered only in private chats: in a group every member would read the answer, so
+there everyone, admins too, gets the same one line pointing to the private chat
+(which also keeps who is an admin to themselves). In private only messages a listed
+admin sends as themselves pass: not on behalf of a chat (``sender_chat``), not
+forwarded. Everyone else gets a refusal and nothing changes.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from aiogram import Router
+from aiogram import F, Router
+from aiogram.enums import ChatType
 from aiogram.filters import Command, Filter
 from aiogram.types import BotCommand, Message
 
@@ -135,9 +139,18 @@ async def on_refused(message: Message, texts: Texts) -> None:
     await message.reply(texts.admin_only)
 
 
+async def on_not_in_private(message: Message, texts: Texts) -> None:
+    await message.reply(texts.admin_private_only)
+
+
 def create_router(admin_ids: frozenset[int]) -> Router:
     router = Router(name="admin")
     is_admin = IsAdmin(admin_ids)
+    router.message.register(
+        on_not_in_private,
+        Command("token", "reset_token", "stats"),
+        F.chat.type != ChatType.PRIVATE,
+    )
     router.message.register(on_token, Command("token"), is_admin)
     router.message.register(on_reset_token, Command("reset_token"), is_admin)
     router.message.register(on_stats, Command("stats"), is_admin)

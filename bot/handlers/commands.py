@@ -1,7 +1,9 @@
 """/start, /help, /ask, /new (/reset), /stop, /retry — in private chats and groups.
 
 In groups a command counts only when it is for this bot: ``/new`` or
-``/new@thisbot``; aiogram's ``Command`` filter drops ``/new@otherbot``.
+``/new@thisbot``; aiogram's ``Command`` filter drops ``/new@otherbot``. There
+``/new`` stops everyone's answers and forgets the conversation, so only the chat's
+administrators and the bot's admins may send it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from aiogram.types import BotCommand, Message
 
 from bot.addressing import prompt_of, quote_of
 from bot.answering import Answerer, asker_of
+from bot.chat_admins import IsChatAdmin
 from bot.config import Settings
 from bot.conversation.paste_merger import PasteMerger
 from bot.handlers.asking import ask
@@ -76,6 +79,10 @@ async def on_new(
     await message.answer(texts.new_conversation)
 
 
+async def on_new_refused(message: Message, texts: Texts) -> None:
+    await message.reply(texts.new_admins_only)
+
+
 async def on_stop(
     message: Message, bot: Bot, answerer: Answerer, conversation: ConversationKey, texts: Texts
 ) -> None:
@@ -109,13 +116,15 @@ async def on_retry(
     await answerer.retry(bot, message, conversation, texts=texts)
 
 
-def create_router() -> Router:
+def create_router(admin_ids: frozenset[int]) -> Router:
     router = Router(name="commands")
     router.message.filter(F.forward_origin.is_(None))  # a forwarded command is not a command
     router.message.register(on_start, CommandStart())
     router.message.register(on_help, Command("help"))
     router.message.register(on_ask, Command("ask"))
-    router.message.register(on_new, Command("new", "reset"))
+    # The command first: only a /new costs a getChatMember.
+    router.message.register(on_new, Command("new", "reset"), IsChatAdmin(admin_ids))
+    router.message.register(on_new_refused, Command("new", "reset"))
     router.message.register(on_stop, Command("stop"))
     router.message.register(on_retry, Command("retry"))
     return router

@@ -13,6 +13,7 @@ from aiogram.types import ErrorEvent, Message
 from redis.exceptions import RedisError
 
 from bot.addressing import addressed
+from bot.chat_admins import ChatAdminsUnavailableError
 from bot.delivery.scheduler import ChatterDroppedError
 from bot.i18n import Texts
 from gptalk import TokenStoreError
@@ -61,6 +62,10 @@ async def on_error(event: ErrorEvent, bot: Bot, texts: Texts) -> bool:
         if _redis_log.allow():
             log.warning("Redis is unavailable: %s (further reports muted for a minute)", exc)
         text = texts.unavailable
+    elif isinstance(exc, ChatAdminsUnavailableError):
+        # Telegram's trouble, not a bug: no traceback; the command did nothing.
+        log.warning("cannot check the chat's admins: %s", exc)
+        text = texts.admin_check_failed
     else:
         log.error("unhandled error in update %s", event.update.update_id, exc_info=exc)
         text = texts.failed

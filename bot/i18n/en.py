@@ -70,13 +70,18 @@ EN = Texts(
         "In this group I answer when you mention me, reply to one of my messages, or use "
         "/ask <question>. Reply to someone's message with /ask to ask me about it. "
         "Each group (and each forum topic) is one conversation.\n\n"
-        "/new — start a new conversation here (also /reset)\n"
+        "/new — start a new conversation here (also /reset; chat administrators)\n"
         "/stop — stop the answer being written\n"
         "/retry — answer the last question again"
     ),
     ask_usage="Usage: /ask <question> — or reply to a message with /ask.",
     quote_question="What do you say to this?",
     new_conversation="🆕 New conversation. What would you like to talk about?",
+    new_admins_only="Only this chat's administrators can start a new conversation here.",
+    admin_check_failed=(
+        "⚠️ I couldn't check who administers this chat, so nothing changed. "
+        "Please try again in a moment."
+    ),
     nothing_to_stop="Nothing to stop: no answer is being written.",
     nothing_of_yours="Nothing to stop: none of the answers being written here is yours.",
     text_only="I can only read text messages. Please send your question as text.",
@@ -94,6 +99,7 @@ EN = Texts(
     cmd_reset_token="Admin: force a fresh GPTalk login",
     cmd_stats="Admin: usage counters",
     admin_only="⛔ This command is for the bot's admins.",
+    admin_private_only="🔒 Admin commands work only in a private chat with me.",
     unknown_time="unknown",
     gptalk_unused="ℹ️ GPTalk is not in use (LLM_PROVIDERS does not list it).",
     no_token_login="🔑 No GPTalk token yet: the next request logs in.",

@@ -65,6 +65,8 @@ class Texts:
     ask_usage: str
     quote_question: str  # the prompt of /ask (or a bare mention) replying to a message
     new_conversation: str
+    new_admins_only: str  # /new in a group from someone who does not administer it
+    admin_check_failed: str  # Telegram did not say who administers the group
     nothing_to_stop: str
     nothing_of_yours: str
 
@@ -86,6 +88,7 @@ class Texts:
     cmd_reset_token: str
     cmd_stats: str
     admin_only: str
+    admin_private_only: str  # an admin command in a group, from anyone
     unknown_time: str
     gptalk_unused: str
     no_token_login: str
