@@ -1,7 +1,9 @@
 """Webhook mode: Telegram POSTs updates to ``WEBHOOK_URL``; several replicas may
 share the work behind a load balancer.
 
-Each request is checked (``X-Telegram-Bot-Api-Secret-Token``, else 401), its
+The listener serves the webhook path and nothing else (health and metrics have their
+own, ``bot/transport/health.py``). Each request is checked
+(``X-Telegram-Bot-Api-Secret-Token``, else 401), its
 ``update_id`` claimed once for all replicas (Redis ``SET NX EX``; Telegram
 redelivers an update it thinks was lost, and a load balancer may send the copy to
 another replica), and answered 200 at once: the update is processed in a
@@ -38,7 +40,7 @@ from bot.conversation.arrivals import Arrivals
 from bot.middlewares.conversation import conversation_of
 from bot.observability import Metrics
 from bot.storage.keys import ConversationKey, Keys
-from bot.transport.health import Health
+from bot.transport.health import Health, serve_health
 
 __all__ = [
     "MemoryUpdateClaims",
@@ -206,12 +208,16 @@ async def run_webhook(
     secret: str,
     host: str,
     port: int,
+    health_host: str,
+    health_port: int | None,
     drop_pending: bool,
     drain: Callable[[float], Awaitable[None]],
     shutdown_timeout: float,
     arrivals: Arrivals[ConversationKey] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (503 meanwhile) and stop.
+    """Serve until SIGTERM/SIGINT, then drain (503 meanwhile) and stop. The health
+    listener (``health_port``) opens once the webhook is served and registered, so
+    that ``/readyz`` says 200 only when updates can come in.
 
     ``drain(grace)`` lets running answers finish (the answerer's); after it, updates
     still being processed get a few more seconds.
@@ -227,10 +233,10 @@ async def run_webhook(
         arrivals=arrivals,
     )
     handler.register(app, path=path)
-    health.register(app)
     setup_application(app, dispatcher, bot=bot)  # the dispatcher's startup/shutdown hooks
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    health_runner: web.AppRunner | None = None
     try:
         await web.TCPSite(runner, host, port).start()
         try:
@@ -240,6 +246,8 @@ async def run_webhook(
         except TelegramAPIError as exc:
             raise WebhookError(f"WEBHOOK_URL: Telegram refused the webhook ({exc})") from None
         log.info("webhook mode: serving %s on %s:%s", path, host, port)
+        if health_port:
+            health_runner = await serve_health(health, health_host, health_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -255,3 +263,5 @@ async def run_webhook(
         await handler.drain(10.0)
     finally:
         await runner.cleanup()
+        if health_runner is not None:
+            await health_runner.cleanup()
