@@ -23,6 +23,7 @@ __all__ = [
     "launch",
     "listening_addresses",
     "metric",
+    "raw_post",
     "wait_ready",
     "webhook_env",
 ]
@@ -101,6 +102,23 @@ async def launch(
     procs.append(proc)
     await wait_ready(http, int(env["HEALTH_PORT"]))
     return proc
+
+
+async def raw_post(port: int, path: str, headers: dict[bytes, bytes], body: bytes) -> int:
+    """POST exactly these bytes (aiohttp's client would refuse some, such as a header
+    that is not UTF-8); the response's status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in headers.items())
+        writer.write(
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )  # fmt: skip
+        await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
 
 
 def listening_addresses(port: int) -> set[str]:
