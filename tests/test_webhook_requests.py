@@ -1,6 +1,6 @@
-"""What reaches the public webhook besides Telegram's updates: forged secrets (any bytes).
-``python -m bot`` as a real process; each answer is a plain status, and the log stays
-short and free of tracebacks."""
+"""What reaches the public webhook besides Telegram's updates: forged secrets (any bytes),
+malformed bodies, updates of a type this bot does not know. ``python -m bot`` as a real
+process; each answer is a plain status, and the log stays short and free of tracebacks."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ class Replica:
         sent = {SECRET_HEADER: secret, b"Content-Type": JSON}
         sent.update({name.replace("_", "-").encode(): value for name, value in headers.items()})
         return await raw_post(self.port, PATH, sent, body)
+
+    async def cut_off(self, body: bytes) -> None:
+        """The headers and half the body, then the connection closes."""
+        _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"X-Telegram-Bot-Api-Secret-Token: {SECRET}\r\nContent-Length: {len(body)}\r\n\r\n"
+            .encode() + body[: len(body) // 2]
+        )  # fmt: skip
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
 
     async def stop(self) -> tuple[str, list[dict[str, Any]]]:
         """The raw log and its entries, after a clean exit."""
@@ -114,6 +126,39 @@ async def test_forged_requests_are_logged_once_with_a_count(
     assert forged[0]["message"].endswith("from 127.0.0.1")
     assert forged[1]["message"].endswith("since the last line: 199")
     assert len(log) < 10_000
+
+
+async def test_malformed_bodies_with_the_secret_are_400_without_a_traceback(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, replica: Replica
+) -> None:
+    good = update(tg, 33, "after the junk")
+    await replica.cut_off(good)
+    assert await replica.post(b"[" * 200_000) == 400  # RecursionError in the JSON parser
+    assert await replica.post(good, Content_Type=JSON + b"; charset=x-unknown") == 400
+    assert await replica.post(b"\xff{}", Content_Type=JSON + b"; charset=utf-8") == 400
+    assert await replica.post(b"not json") == 400
+    assert await replica.post(b'{"update_id": "five"}') == 400
+    assert not tg.calls_to("sendMessage")
+    assert await replica.post(good) == 200  # and the replica goes on
+    await tg.wait_for(lambda: bool(tg.bot_messages(33)), 30)
+    log, entries = await replica.stop()
+    no_errors(log, entries)
+    refused = [e for e in entries if e["message"].startswith("webhook request that is not")]
+    assert len(refused) == 6
+    assert {e["level"] for e in refused} == {"WARNING"}
+
+
+async def test_an_update_of_an_unknown_type_is_ignored_quietly(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, replica: Replica
+) -> None:
+    assert await replica.post(b'{"update_id": 5, "some_future_field": {}}') == 200
+    good = update(tg, 34, "and a message")
+    assert await replica.post(good) == 200
+    await tg.wait_for(lambda: bool(tg.bot_messages(34)), 30)
+    assert fake_gptalk.prompts == ["and a message"]
+    log, entries = await replica.stop()
+    no_errors(log, entries)
+    assert "Detected unknown update type" not in log
 
 
 def test_forged_log_writes_a_line_a_minute_with_the_count(

@@ -3,7 +3,7 @@ share the work behind a load balancer.
 
 The listener serves the webhook path and nothing else (health and metrics have their
 own, ``bot/transport/health.py``). Each request is checked
-(``X-Telegram-Bot-Api-Secret-Token``, else 401), its
+(``X-Telegram-Bot-Api-Secret-Token``, else 401; a body that is not an update: 400), its
 ``update_id`` claimed once for all replicas (Redis ``SET NX EX``; Telegram
 redelivers an update it thinks was lost, and a load balancer may send the copy to
 another replica), and answered 200 at once: the update is processed in a
@@ -32,6 +32,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramAPIError
 from aiogram.methods import TelegramMethod
 from aiogram.types import Update
+from aiogram.types.update import UpdateTypeLookupError
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
 from pydantic import ValidationError
@@ -134,6 +135,13 @@ class ForgedLog:
             self._unlogged = 0
 
 
+def has_known_type(update: Update) -> bool:
+    try:
+        return bool(update.event_type)
+    except UpdateTypeLookupError:
+        return False
+
+
 Arrival = tuple[ConversationKey, int]  # a message: its conversation and id
 
 
@@ -180,9 +188,25 @@ class WebhookHandler(SimpleRequestHandler):
         try:
             raw = await request.json(loads=self.bot.session.json_loads)
             update = Update.model_validate(raw, context={"bot": self.bot})
-        except (ValueError, TypeError, ValidationError):
+        except (
+            ValueError,
+            TypeError,
+            ValidationError,
+            LookupError,
+            RecursionError,
+            ConnectionResetError,
+        ) as exc:
+            # Telegram sends none of these (LookupError: an unknown charset; RecursionError:
+            # JSON nested too deep; ConnectionResetError: the body was cut off), so a line
+            # without the traceback is enough.
+            log.warning("webhook request that is not an update (%s): 400", type(exc).__name__)
             return web.Response(status=400, text="not an update")
         update_id = update.update_id
+        if not has_known_type(update):
+            # Newer than this aiogram: no handler could take it, and Telegram must not
+            # send it again.
+            log.debug("update %s is of a type this bot does not know: ignored", update_id)
+            return web.json_response({})
         try:
             fresh = await self._claims.claim(update_id)
         except (RedisError, OSError) as exc:
