@@ -56,17 +56,18 @@ async def replicas(
 ) -> AsyncIterator[list[str]]:
     """``--replicas`` webhook replicas, ready; yields their webhook URLs."""
     ports = [free_port() for _ in range(args.replicas)]
+    health_ports = [free_port() for _ in range(args.replicas)]
     procs = []
     workdir = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
     try:
-        for i, port in enumerate(ports, 1):
+        for i, (port, health_port) in enumerate(zip(ports, health_ports, strict=True), 1):
             env = webhook_env(
-                tg, FakeGPTalk(), port, GPTALK_URL=gptalk_url, REDIS_URL=redis_url,
-                REPLICA_ID=f"bench-{i}", LOG_LEVEL="WARNING",
+                tg, FakeGPTalk(), port, health_port=health_port, GPTALK_URL=gptalk_url,
+                REDIS_URL=redis_url, REPLICA_ID=f"bench-{i}", LOG_LEVEL="WARNING",
             )  # fmt: skip
             procs.append(await start_bot(env, workdir, stdout=asyncio.subprocess.DEVNULL))
-        for port in ports:
-            await wait_ready(http, port, timeout=60)
+        for health_port in health_ports:
+            await wait_ready(http, health_port, timeout=60)
         yield [f"http://127.0.0.1:{port}{PATH}" for port in ports]
     finally:
         for proc in procs:

@@ -6,6 +6,7 @@ its variable, and validation errors name the variable, not the field.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -112,6 +113,9 @@ class Settings(BaseSettings):
     webhook_port: int = Field(8080, ge=1, le=65535)
     drop_pending_updates: bool = False
     health_port: Annotated[int | None, EmptyIsNone] = Field(None, ge=1, le=65535)
+    # Loopback by default: the health listener may say more than the public should see
+    # (/metrics); a container that is probed from outside sets 0.0.0.0 (the image does).
+    health_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -132,6 +136,15 @@ class Settings(BaseSettings):
             # Telegram's own rule for secret_token; anything else fails at setWebhook.
             if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value):
                 raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("health_host", mode="before")
+    @classmethod
+    def _health_host(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or "127.0.0.1"
+            if not _listen_host(value):
+                raise ValueError("must be an IP address or a host name to listen on, e.g. 0.0.0.0")
         return value
 
     @field_validator("replica_id", mode="before")
@@ -255,6 +268,17 @@ def _check_http_url(value: str) -> None:
         raise ValueError(f"is not a valid URL ({exc})") from None
     if not host or any(c.isspace() for c in host):
         raise ValueError("is not a valid URL (no host name)")
+
+
+def _listen_host(value: str) -> bool:
+    """An address or a host name, checked now: a URL or a host:port pasted here would
+    otherwise fail only when the listener opens, as a resolver error."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+        return len(value) <= 253 and re.fullmatch(rf"{label}(\.{label})*\.?", value) is not None
 
 
 def load_settings(**overrides: Any) -> Settings:

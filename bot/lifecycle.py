@@ -20,6 +20,7 @@ from bot.config import Settings, secrets_of
 from bot.dispatcher import set_commands
 from bot.logs import redact
 from bot.storage.keys import Keys
+from bot.transport.health import ListenError
 from bot.transport.polling import run_polling
 from bot.transport.webhook import (
     MemoryUpdateClaims,
@@ -79,13 +80,16 @@ async def receive(app: Application) -> None:
     """Hand updates to the dispatcher until a signal, by the configured transport."""
     settings = app.settings
     if settings.webhook_url is None:
-        await run_polling(
-            bot=app.bot,
-            dispatcher=app.dispatcher,
-            health=app.health,
-            health_port=settings.health_port,
-            health_host=settings.webhook_host,
-        )
+        try:
+            await run_polling(
+                bot=app.bot,
+                dispatcher=app.dispatcher,
+                health=app.health,
+                health_port=settings.health_port,
+                health_host=settings.health_host,
+            )
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
         return
     assert settings.webhook_secret is not None  # checked with the settings
     claims: UpdateClaims = (
@@ -105,12 +109,14 @@ async def receive(app: Application) -> None:
             secret=settings.webhook_secret.get_secret_value(),
             host=settings.webhook_host,
             port=settings.webhook_port,
+            health_host=settings.health_host,
+            health_port=settings.health_port,
             drop_pending=settings.drop_pending_updates,
             drain=app.answerer.drain,
             shutdown_timeout=settings.shutdown_timeout,
             arrivals=app.answerer.arrivals,
         )
-    except WebhookError as exc:
+    except (WebhookError, ListenError) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:  # the port is taken, or the host is not ours
         raise StartupError(

@@ -43,6 +43,7 @@ VARIABLES = (
     "WEBHOOK_PORT",
     "DROP_PENDING_UPDATES",
     "HEALTH_PORT",
+    "HEALTH_HOST",
     "LOG_FORMAT",
     "REPLICA_ID",
     "LOG_LEVEL",
@@ -442,6 +443,24 @@ def test_observability_settings(monkeypatch: pytest.MonkeyPatch, token: str) -> 
         9100,
     )
     assert "LOG_FORMAT" in config_error(monkeypatch, LOG_FORMAT="xml")
+
+
+def test_health_host_is_loopback_unless_set(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    assert load_settings().health_host == "127.0.0.1"
+    for value, expected in (
+        ("0.0.0.0", "0.0.0.0"),
+        (" :: ", "::"),
+        ("localhost", "localhost"),
+        ("bot-1.internal", "bot-1.internal"),
+        ("", "127.0.0.1"),  # HEALTH_HOST= as in a copied .env.example without the value
+    ):
+        monkeypatch.setenv("HEALTH_HOST", value)
+        assert load_settings().health_host == expected, value
+    for bad in ("http://0.0.0.0", "127.0.0.1:9090", "two words", "-dash.example"):
+        message = config_error(monkeypatch, HEALTH_HOST=bad)
+        assert message == (
+            "HEALTH_HOST: must be an IP address or a host name to listen on, e.g. 0.0.0.0"
+        ), bad
 
 
 # --- .env.example stays in sync ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""deploy/nginx.conf, checked and run by Debian's nginx in front of three real replicas."""
+"""deploy/nginx.conf, checked and run by Debian's nginx in front of three real replicas;
+the replicas' compose healthcheck, run against a real replica."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
 from bot.delivery.render import render
 from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
-from tests.webhook_process import SECRET, free_port, get, metric, wait_ready
+from tests.webhook_process import SECRET, free_port, get, metric, wait_ready, webhook_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "nginx.conf"
@@ -83,6 +86,7 @@ async def test_three_replicas_behind_nginx_share_the_updates(
     procs: list[asyncio.subprocess.Process],
 ) -> None:
     listen, ports = nginx_front
+    health = [free_port() for _ in ports]
     public = f"http://127.0.0.1:{listen}/telegram/webhook"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         for i, port in enumerate(ports, 1):
@@ -94,10 +98,11 @@ async def test_three_replicas_behind_nginx_share_the_updates(
                 WEBHOOK_SECRET=SECRET,
                 WEBHOOK_HOST="127.0.0.1",
                 WEBHOOK_PORT=str(port),
+                HEALTH_PORT=str(health[i - 1]),
                 REPLICA_ID=f"bot-{i}",
             )
             procs.append(await start_bot(env, tmp_path))
-            await wait_ready(http, port)
+            await wait_ready(http, health[i - 1])
         assert {c.params["url"] for c in tg.calls_to("setWebhook")} == {public}
 
         # Telegram delivers through nginx, one update at a time: round-robin.
@@ -115,7 +120,7 @@ async def test_three_replicas_behind_nginx_share_the_updates(
         per_replica = [
             metric((await get(http, port, "/metrics"))[1], "gptalk_bot_updates_received_total",
                    type="message")
-            for port in ports
+            for port in health
         ]  # fmt: skip
         assert per_replica == [2, 2, 2]
 
@@ -130,3 +135,52 @@ async def test_three_replicas_behind_nginx_share_the_updates(
         for proc in procs:
             await asyncio.wait_for(proc.wait(), 60)
             assert proc.returncode == 0
+
+
+def replica_healthcheck(health_port: int) -> list[str]:
+    """docker-compose.yml's healthcheck of the replicas, to run here: the image's python
+    becomes this one and the image's HEALTH_PORT (9090) ``health_port`` (nothing else may
+    differ)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    kind, python, *argv = compose["services"]["bot-1"]["healthcheck"]["test"]
+    assert (kind, python) == ("CMD", "/opt/venv/bin/python")
+    assert sum(arg.count("127.0.0.1:9090/readyz") for arg in argv) == 1
+    return [sys.executable] + [arg.replace(":9090/", f":{health_port}/") for arg in argv]
+
+
+async def exit_status(argv: list[str]) -> int:
+    # Not subprocess.run: the fake Bot API that /readyz asks runs on this event loop.
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_the_replicas_healthcheck_passes_when_readyz_does(
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,  # flushed: the fake numbers its updates from 1
+    redis_url: str,
+    tmp_path: Path,
+    procs: list[asyncio.subprocess.Process],
+) -> None:
+    health = free_port()
+    check = replica_healthcheck(health)
+    assert await exit_status(check) == 1  # nobody listens yet
+    env = webhook_env(tg, fake_gptalk, free_port(), health_port=health, REDIS_URL=redis_url)
+    proc = await start_bot(env, tmp_path)
+    procs.append(proc)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
+        await wait_ready(http, health)
+    assert await exit_status(check) == 0
+    fake_gptalk.hold = asyncio.Event()  # an answer keeps the replica draining a while
+    user = tg.add_user(7, "Ann")
+    tg.user_message(tg.private_chat(user), user, "a long one")
+    await tg.wait_for(lambda: fake_gptalk.streams == 1, 30)
+    proc.send_signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await exit_status(check) != 1:  # /readyz: 503 while draining
+        assert loop.time() < deadline, "the healthcheck still passes while draining"
+    fake_gptalk.hold.set()
+    assert await asyncio.wait_for(proc.wait(), 60) == 0

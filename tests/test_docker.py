@@ -447,3 +447,18 @@ def test_replicas_profile_runs_three_webhook_replicas_behind_nginx(compose: dict
     for i in (1, 2, 3):
         assert f"server bot-{i}:8080" in conf
     assert "profiles" not in service(compose, "bot")
+
+
+def test_replicas_are_probed_on_their_unpublished_health_port(compose: dict[str, Any]) -> None:
+    image = dockerfile_env()
+    assert (image["HEALTH_HOST"], image["HEALTH_PORT"]) == ("0.0.0.0", "9090")
+    assert not instruction("EXPOSE")
+    for i in (1, 2, 3):
+        replica = service(compose, f"bot-{i}")
+        env = environment(replica)
+        # Set again: a .env copied from .env.example (HEALTH_PORT=) must not turn it off.
+        assert (env["HEALTH_HOST"], env["HEALTH_PORT"]) == ("0.0.0.0", "9090")
+        assert "ports" not in replica
+        kind, python, flag, code = replica["healthcheck"]["test"]
+        assert (kind, python, flag) == ("CMD", VENV_PYTHON, "-c")
+        assert f"'http://127.0.0.1:{env['HEALTH_PORT']}/readyz'" in code

@@ -56,6 +56,7 @@ class Replica:
     number: int  # 1, 2, 3: REPLICA_ID replica-<number>
     port: int
     log: Path
+    health_port: int = field(default_factory=free_port)
     proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -81,6 +82,7 @@ class Cluster:
             self.tg,
             self.gptalk,
             replica.port,
+            health_port=replica.health_port,
             url=self.public,
             REDIS_URL=self.redis_url,
             REDIS_PREFIX=PREFIX,
@@ -102,7 +104,7 @@ class Cluster:
             if not replica.running:
                 await self.start(replica)
         for replica in self.replicas:
-            await wait_ready(self.http, replica.port, timeout=90)
+            await wait_ready(self.http, replica.health_port, timeout=90)
 
     async def stop(self, replica: Replica) -> float:
         """SIGTERM, and the seconds it took to drain and exit."""
@@ -168,7 +170,7 @@ class Cluster:
         return [took[update["update_id"]] for update in updates]
 
     async def metrics(self, replica: Replica) -> str:
-        return (await get(self.http, replica.port, "/metrics"))[1]
+        return (await get(self.http, replica.health_port, "/metrics"))[1]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -50,11 +50,17 @@ async def test_webhook_answers_with_health_metrics_and_json_logs(
     procs: list[asyncio.subprocess.Process],
     http: aiohttp.ClientSession,
 ) -> None:
-    port = free_port()
+    port, health = free_port(), free_port()
     env = webhook_env(
-        tg, fake_gptalk, port, REDIS_URL=redis_url, LOG_FORMAT="json", REPLICA_ID="replica-a"
+        tg,
+        fake_gptalk,
+        port,
+        health_port=health,
+        REDIS_URL=redis_url,
+        LOG_FORMAT="json",
+        REPLICA_ID="replica-a",
     )
-    proc = await launch(procs, http, env, tmp_path, port)
+    proc = await launch(procs, http, env, tmp_path)
 
     # Registered with the secret and the dispatcher's update types; polling is off.
     [registered] = tg.calls_to("setWebhook")
@@ -65,7 +71,7 @@ async def test_webhook_answers_with_health_metrics_and_json_logs(
     assert not registered.params.get("drop_pending_updates")
     assert not tg.calls_to("deleteWebhook")
     assert not tg.calls_to("getUpdates")
-    assert await get(http, port, "/healthz") == (200, "ok\n")
+    assert await get(http, health, "/healthz") == (200, "ok\n")
 
     user = tg.add_user(987654321, "Ann")
     question = tg.user_message(tg.private_chat(user), user, "hello over a webhook")
@@ -75,7 +81,7 @@ async def test_webhook_answers_with_health_metrics_and_json_logs(
 
     # The answer is counted once the bot has the final edit's response: moments later.
     for _ in range(100):
-        status, text = await get(http, port, "/metrics")
+        status, text = await get(http, health, "/metrics")
         if metric(text, "gptalk_bot_answers_completed_total") == 1:
             break
         await asyncio.sleep(0.05)
@@ -117,9 +123,8 @@ async def test_forged_requests_get_401_and_nothing_is_processed(
     http: aiohttp.ClientSession,
 ) -> None:
     port = free_port()
-    await launch(
-        procs, http, webhook_env(tg, fake_gptalk, port, REDIS_URL=redis_url), tmp_path, port
-    )
+    env = webhook_env(tg, fake_gptalk, port, health_port=free_port(), REDIS_URL=redis_url)
+    await launch(procs, http, env, tmp_path)
     tg.deliver = False
     user = tg.add_user(5, "Eve")
     tg.user_message(tg.private_chat(user), user, "forged")
@@ -146,9 +151,8 @@ async def test_telegram_is_answered_before_the_update_is_processed(
     http: aiohttp.ClientSession,
 ) -> None:
     port = free_port()
-    await launch(
-        procs, http, webhook_env(tg, fake_gptalk, port, REDIS_URL=redis_url), tmp_path, port
-    )
+    env = webhook_env(tg, fake_gptalk, port, health_port=free_port(), REDIS_URL=redis_url)
+    await launch(procs, http, env, tmp_path)
     fake_gptalk.hold = asyncio.Event()  # no chunk until the webhook response is in
     tg.deliver = False
     user = tg.add_user(6, "Ann")
@@ -171,11 +175,18 @@ async def test_a_duplicate_update_sent_to_two_replicas_is_answered_once(
     procs: list[asyncio.subprocess.Process],
     http: aiohttp.ClientSession,
 ) -> None:
-    ports = [free_port(), free_port()]
+    ports, health = [free_port(), free_port()], [free_port(), free_port()]
     for i, port in enumerate(ports):
-        env = webhook_env(tg, fake_gptalk, ports[0], REDIS_URL=redis_url, REPLICA_ID=f"r{i}")
+        env = webhook_env(
+            tg,
+            fake_gptalk,
+            ports[0],
+            health_port=health[i],
+            REDIS_URL=redis_url,
+            REPLICA_ID=f"r{i}",
+        )
         env["WEBHOOK_PORT"] = str(port)  # both behind the same public URL
-        await launch(procs, http, env, tmp_path, port)
+        await launch(procs, http, env, tmp_path)
     tg.deliver = False
     user = tg.add_user(8, "Bob")
     question = tg.user_message(tg.private_chat(user), user, "only once please")
@@ -189,7 +200,7 @@ async def test_a_duplicate_update_sent_to_two_replicas_is_answered_once(
     await asyncio.sleep(1.0)
     assert fake_gptalk.prompts == ["only once please"]
     assert len([m for m in tg.bot_messages(8) if m.reply_to == question["message_id"]]) == 1
-    texts = [(await get(http, port, "/metrics"))[1] for port in ports]
+    texts = [(await get(http, port, "/metrics"))[1] for port in health]
     assert sum(metric(t, "gptalk_bot_webhook_duplicates_total") for t in texts) == 1
 
 
@@ -205,12 +216,18 @@ async def test_redis_down_gives_503_so_telegram_redelivers(
     (tmp_path / "redis").mkdir()
     redis_proc, redis_port = start_redis(exe, tmp_path / "redis")
     try:
-        port = free_port()
-        env = webhook_env(tg, fake_gptalk, port, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
-        await launch(procs, http, env, tmp_path, port)
+        health = free_port()
+        env = webhook_env(
+            tg,
+            fake_gptalk,
+            free_port(),
+            health_port=health,
+            REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        )
+        await launch(procs, http, env, tmp_path)
     finally:
         stop_process(redis_proc)
-    status, body = await get(http, port, "/readyz")
+    status, body = await get(http, health, "/readyz")
     assert (status, "Redis" in body) == (503, True)
     tg.deliver = False
     user = tg.add_user(9, "Cy")
@@ -230,9 +247,11 @@ async def test_draining_replica_answers_503_then_finishes_its_answers(
     procs: list[asyncio.subprocess.Process],
     http: aiohttp.ClientSession,
 ) -> None:
-    port = free_port()
-    env = webhook_env(tg, fake_gptalk, port, REDIS_URL=redis_url, SHUTDOWN_TIMEOUT="30")
-    proc = await launch(procs, http, env, tmp_path, port)
+    health = free_port()
+    env = webhook_env(
+        tg, fake_gptalk, free_port(), health_port=health, REDIS_URL=redis_url, SHUTDOWN_TIMEOUT="30"
+    )
+    proc = await launch(procs, http, env, tmp_path)
     fake_gptalk.hold = asyncio.Event()
     user = tg.add_user(10, "Dee")
     question = tg.user_message(tg.private_chat(user), user, "a long one")
@@ -240,10 +259,10 @@ async def test_draining_replica_answers_503_then_finishes_its_answers(
     proc.send_signal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while (await get(http, port, "/readyz"))[0] != 503:
+    while (await get(http, health, "/readyz"))[0] != 503:
         assert loop.time() < deadline, "/readyz never turned 503"
         await asyncio.sleep(0.05)
-    assert (await get(http, port, "/healthz"))[0] == 200
+    assert (await get(http, health, "/healthz"))[0] == 200
     tg.deliver = False
     other = tg.add_user(11, "Eli")
     tg.user_message(tg.private_chat(other), other, "too late")
@@ -277,13 +296,19 @@ async def test_pending_updates_are_dropped_only_when_the_url_changes(
     procs: list[asyncio.subprocess.Process],
     http: aiohttp.ClientSession,
 ) -> None:
-    port = free_port()
-    env = webhook_env(tg, fake_gptalk, port, REDIS_URL=redis_url, DROP_PENDING_UPDATES="true")
+    env = webhook_env(
+        tg,
+        fake_gptalk,
+        free_port(),
+        health_port=free_port(),
+        REDIS_URL=redis_url,
+        DROP_PENDING_UPDATES="true",
+    )
     tg.webhook = {"url": "https://old.example/hook", "secret_token": None, "allowed_updates": None}
     tg.deliver = False
     user = tg.add_user(12, "Fay")
     tg.user_message(tg.private_chat(user), user, "sent to the old URL")
-    proc = await launch(procs, http, env, tmp_path, port)
+    proc = await launch(procs, http, env, tmp_path)
     [first] = tg.calls_to("setWebhook")
     assert first.params["drop_pending_updates"] is True  # a new URL: old updates go
     assert tg.pending_updates == []
@@ -292,7 +317,7 @@ async def test_pending_updates_are_dropped_only_when_the_url_changes(
 
     # A restart (a rolling deploy) on the same URL keeps what waits for the replicas.
     question = tg.user_message(tg.private_chat(user), user, "sent during the restart")
-    await launch(procs, http, env, tmp_path, port)
+    await launch(procs, http, env, tmp_path)
     second = tg.calls_to("setWebhook")[1]
     assert not second.params.get("drop_pending_updates")
     assert second.params["secret_token"] == SECRET

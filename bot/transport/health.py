@@ -1,5 +1,6 @@
-"""``/healthz``, ``/readyz`` and ``/metrics``: on the webhook server, or (polling
-mode, ``HEALTH_PORT``) on a small server of their own.
+"""``/healthz``, ``/readyz`` and ``/metrics`` on a listener of their own
+(``HEALTH_HOST``:``HEALTH_PORT``, in either mode), never on the webhook listener: that
+one faces the internet, and these are for the orchestrator and Prometheus.
 
 * ``/healthz``: the process and its event loop answer.
 * ``/readyz``: this replica should get traffic: it is not draining, Redis answers
@@ -22,11 +23,15 @@ from redis.exceptions import RedisError
 
 from bot.observability import Metrics
 
-__all__ = ["Health", "serve_health"]
+__all__ = ["Health", "ListenError", "serve_health"]
 
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 3.0
+
+
+class ListenError(Exception):
+    """The health listener cannot be opened; the message is the one line to print."""
 
 
 class Health:
@@ -90,11 +95,17 @@ class Health:
 
 
 async def serve_health(health: Health, host: str, port: int) -> web.AppRunner:
-    """The health endpoints alone (polling mode); ``cleanup()`` the runner to stop."""
+    """The health endpoints alone; ``cleanup()`` the runner to stop."""
     app = web.Application()
     health.register(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:  # the port is taken, or the host is not ours
+        await runner.cleanup()
+        raise ListenError(
+            f"HEALTH_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from None
     log.info("health endpoints on %s:%s", host, port)
     return runner

@@ -65,10 +65,10 @@ async def run_polling(
 ) -> None:
     """Poll until SIGTERM/SIGINT. The dispatcher's shutdown hook then lets running
     answers finish; ``/readyz`` answers 503 from the signal on."""
+    runner = await serve_health(health, health_host, health_port) if health_port else None
     conflicts = ConflictLogFilter()
     aiogram_log = logging.getLogger("aiogram.dispatcher")
     aiogram_log.addFilter(conflicts)
-    runner = await serve_health(health, health_host, health_port) if health_port else None
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
