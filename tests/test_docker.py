@@ -348,7 +348,10 @@ def test_passed_through_variables_stay_unset_when_unset(compose: dict[str, Any])
     token = env.pop("BOT_TOKEN")
     assert token is not None
     assert token.startswith("${BOT_TOKEN:?"), "compose should refuse to start without a token"
-    assert {name: value for name, value in env.items() if value is not None} == {}
+    # The health listener as the image sets it: a .env copied from .env.example
+    # (HEALTH_PORT=, HEALTH_HOST=127.0.0.1) must not turn it off or hide it.
+    fixed = {"HEALTH_PORT": "9090", "HEALTH_HOST": "0.0.0.0"}
+    assert {name: value for name, value in env.items() if value is not None} == fixed
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
@@ -453,6 +456,8 @@ def test_replicas_are_probed_on_their_unpublished_health_port(compose: dict[str,
     image = dockerfile_env()
     assert (image["HEALTH_HOST"], image["HEALTH_PORT"]) == ("0.0.0.0", "9090")
     assert not instruction("EXPOSE")
+    env = environment(service(compose, "bot"))
+    assert (env["HEALTH_HOST"], env["HEALTH_PORT"]) == ("0.0.0.0", "9090")
     for i in (1, 2, 3):
         replica = service(compose, f"bot-{i}")
         env = environment(replica)
