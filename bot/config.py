@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     BeforeValidator,
     Field,
+    SecretBytes,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -23,11 +25,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from yarl import URL
 
 from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
-from gptalk.redis_url import check_redis_url, url_secrets
+from gptalk.redis_url import check_redis_url
+from gptalk.urls import check_http_url, url_secrets
 
 __all__ = ["ConfigError", "Settings", "load_settings", "secrets_of"]
 
@@ -37,6 +39,7 @@ NameList = Annotated[tuple[str, ...], NoDecode]
 EmptyIsNone = BeforeValidator(lambda v: None if isinstance(v, str) and not v.strip() else v)
 PROVIDERS = ("gptalk", "openai")
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # The first thing a new operator sees: say where a token comes from and where it goes.
@@ -181,10 +184,8 @@ class Settings(BaseSettings):
                 return DEFAULT_BASE_URL
             if value is None and info.field_name == "openai_base_url":
                 return OPENAI_DEFAULT_BASE_URL
-            if value is not None and not value.startswith(("http://", "https://")):
-                raise ValueError("must be an http:// or https:// URL")
             if value is not None:
-                _check_http_url(value)
+                check_http_url(value)
         return value
 
     @field_validator("llm_providers", mode="before")
@@ -245,18 +246,6 @@ class Settings(BaseSettings):
         return value.strip().upper() if isinstance(value, str) else value
 
 
-def _check_http_url(value: str) -> None:
-    """Parse ``value`` as aiohttp will, so that a malformed URL is a configuration
-    error now rather than an exception (quoting the URL, with the bot token in it)
-    at the first request. The value itself is not echoed: it may hold credentials."""
-    try:
-        host = URL(value).host
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
-    if not host or any(c.isspace() for c in host):
-        raise ValueError("is not a valid URL (no host name)")
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning validation errors into one readable line per variable."""
     try:
@@ -277,14 +266,31 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """What must never be printed: the bot token (and its secret half on its own),
-    the model service's API key, the webhook secret, the passwords in REDIS_URL."""
-    token = settings.bot_token.get_secret_value()
-    webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
-    return [
-        token,
-        token.partition(":")[2],
-        settings.openai_api_key.get_secret_value(),
-        webhook_secret,
-        *url_secrets(settings.redis_url or ""),
-    ]
+    """What must never be printed: every secret setting's value (the bot token, and its
+    secret half on its own), and every credential inside any other setting's value
+    (the passwords in REDIS_URL, GPTALK_PROXY, OPENAI_BASE_URL, TELEGRAM_API_URL…).
+    It walks every field rather than a list of them, so that a setting added later is
+    masked without a change here."""
+    found = [settings.bot_token.get_secret_value().partition(":")[2]]
+    for name in type(settings).model_fields:
+        found += _secrets_in(getattr(settings, name))
+    return list(dict.fromkeys(secret for secret in found if secret))
+
+
+def _secrets_in(value: object) -> list[str]:
+    if value is None or isinstance(value, bool | int | float):
+        return []
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, SecretBytes):
+        return [value.get_secret_value().decode(errors="replace")]
+    if isinstance(value, Mapping):
+        return [secret for item in value.values() for secret in _secrets_in(item)]
+    if isinstance(value, tuple | list | set | frozenset):
+        return [secret for item in value for secret in _secrets_in(item)]
+    text = str(value)  # a str, or a URL or path type
+    # A URL is one word (with or without its scheme); text with spaces in it, such as
+    # SYSTEM_PROMPT, is read as a URL only when it starts like one.
+    if any(c.isspace() for c in text) and not _SCHEME.match(text):
+        return []
+    return url_secrets(text)

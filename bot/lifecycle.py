@@ -13,7 +13,6 @@ from aiogram.exceptions import (
     TelegramNetworkError,
     TelegramUnauthorizedError,
 )
-from yarl import URL
 
 from bot.app import Application, StartupError, build_application
 from bot.config import Settings, secrets_of
@@ -28,6 +27,7 @@ from bot.transport.webhook import (
     WebhookError,
     run_webhook,
 )
+from gptalk.urls import without_userinfo
 
 __all__ = ["StartupError", "run"]
 
@@ -38,7 +38,7 @@ def bot_api_name(settings: Settings) -> str:
     """The Bot API server for messages: without credentials, never with the token."""
     if settings.telegram_api_url is None:
         return "api.telegram.org (TELEGRAM_API_URL is not set)"
-    return str(URL(settings.telegram_api_url).with_user(None))
+    return without_userinfo(settings.telegram_api_url)
 
 
 def telegram_failure(exc: AiogramError, settings: Settings) -> str:
