@@ -6,6 +6,7 @@ its variable, and validation errors name the variable, not the field.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -24,14 +25,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, NoDecode, SettingsConfigDict
 
 from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
 from gptalk.redis_url import check_redis_url
 from gptalk.urls import check_http_url, url_secrets
 
-__all__ = ["ConfigError", "Settings", "load_settings", "secrets_of"]
+__all__ = ["ConfigError", "Settings", "load_settings", "secrets_of", "unknown_variables"]
 
 IdSet = Annotated[frozenset[int], NoDecode]
 NameList = Annotated[tuple[str, ...], NoDecode]
@@ -294,3 +295,64 @@ def _secrets_in(value: object) -> list[str]:
     if any(c.isspace() for c in text) and not _SCHEME.match(text):
         return []
     return url_secrets(text)
+
+
+# Variables of other programs that share a first word with a setting: the openai SDK's
+# own (the bot's client reads them too), systemd's, bash's.
+FOREIGN_VARIABLES = frozenset(
+    {
+        "OPENAI_ADMIN_KEY",
+        "OPENAI_API_TYPE",
+        "OPENAI_API_VERSION",
+        "OPENAI_CUSTOM_HEADERS",
+        "OPENAI_LOG",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "OPENAI_WEBHOOK_SECRET",
+        "JOURNAL_STREAM",
+        "PROMPT_COMMAND",
+    }
+)
+# Kubernetes gives every pod REDIS_SERVICE_HOST, REDIS_PORT=tcp://…, REDIS_PORT_6379_TCP…
+# for a service named redis (Docker's links did the same): not settings gone wrong.
+_SERVICE_LINK = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+# Close enough to a setting's whole name to be a typo of it (LOGLEVEL, ALOWED_USER_IDS).
+_TYPO_RATIO = 0.85
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each variable, in ``environ`` or in ``.env``, that looks meant for
+    the bot but is none of its settings, so is ignored, naming the setting it was
+    probably meant to be. Never the variable's value: it may be a secret."""
+    known = sorted(name.upper() for name in Settings.model_fields)
+    found_in: dict[str, list[str]] = {}
+    dotenv = DotEnvSettingsSource(Settings).env_vars
+    for source, names in (("the environment", list(environ)), (".env", list(dotenv))):
+        for name in names:
+            sources = found_in.setdefault(name.upper(), [])
+            if source not in sources:
+                sources.append(source)
+    warnings = []
+    for name, sources in found_in.items():
+        meant = _meant_setting(name, environ.get(name, ""), known)
+        if meant is not None:
+            warnings.append(
+                f"{name} (in {' and in '.join(sources)}) is not a setting of this bot and "
+                f"is ignored: did you mean {meant}?"
+            )
+    return warnings
+
+
+def _meant_setting(name: str, value: str, known: list[str]) -> str | None:
+    """The setting ``name`` was probably meant to be, if it looks meant for the bot: it
+    shares its first word with one (ALLOWED_USERS), or is a typo of one (LOGLEVEL)."""
+    if name in known or name in FOREIGN_VARIABLES or _SERVICE_LINK.fullmatch(name):
+        return None
+    if name.endswith("_PORT") and value.startswith(("tcp://", "udp://")):
+        return None  # Kubernetes's too
+    head, underscore, _rest = name.partition("_")
+    related = [setting for setting in known if underscore and setting.startswith(head + "_")]
+    if related:
+        return difflib.get_close_matches(name, related, n=1, cutoff=0)[0]
+    typos = difflib.get_close_matches(name, known, n=1, cutoff=_TYPO_RATIO)
+    return typos[0] if typos else None

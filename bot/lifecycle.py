@@ -54,6 +54,19 @@ def telegram_failure(exc: AiogramError, settings: Settings) -> str:
     return f"TELEGRAM_API_URL: {where} does not answer like a Telegram Bot API server"
 
 
+def access_mode(settings: Settings) -> str:
+    """Who may chat, in one line: the first thing to check when access looks wrong."""
+    admins = _count(len(settings.admin_ids), "admin")
+    if not settings.allowed_user_ids:
+        return f"open to everyone (ALLOWED_USER_IDS is empty); {admins} (ADMIN_IDS)"
+    allowed = _count(len(settings.allowed_user_ids), "allowed user")
+    return f"only {allowed} (ALLOWED_USER_IDS) and {admins} (ADMIN_IDS) may chat"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 async def prepare(app: Application) -> None:
     """Check the token, leave webhook mode when polling, register the command menu."""
     webhook = app.settings.webhook_url is not None
@@ -73,6 +86,7 @@ async def prepare(app: Application) -> None:
         "webhook" if webhook else "long polling",
         app.settings.replica_id,
     )
+    log.info("access: %s", access_mode(app.settings))
 
 
 async def receive(app: Application) -> None:

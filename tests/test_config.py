@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import pytest
 from pydantic import AnyUrl, SecretStr, ValidationError
 
-from bot.config import ConfigError, Settings, load_settings, secrets_of
+from bot.config import ConfigError, Settings, load_settings, secrets_of, unknown_variables
 
 TOKEN = "123456789:AAE-s3cretT0kenValue_xyz"
 SECRET_PART = "s3cretT0kenValue"
@@ -582,3 +582,31 @@ def test_secrets_of_masks_the_password_of_every_configured_url(
     wanted = ["tg%40pw", "tg@pw", "gptalk-pw", "proxy-pw", "gateway-pw", "master-pw"]
     wanted += ["sentinel-pw", "hook-pw", "hook-secret", TOKEN, TOKEN.partition(":")[2]]
     assert [secret for secret in wanted if secret not in found] == []
+
+
+# --- unknown variables that look meant for the bot ---------------------------------------------
+
+
+def test_only_variables_that_look_meant_for_the_bot_are_named() -> None:
+    common = ["PATH", "HOME", "LANG", "LANGUAGE", "USER", "LOGNAME", "HOSTNAME", "TERM"]
+    common += ["PYTHONPATH", "HTTP_PROXY", "NO_PROXY", "XDG_RUNTIME_DIR", "LC_ALL"]
+    # Other programs' own, and what Kubernetes adds for a service named redis.
+    foreign = ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "JOURNAL_STREAM", "REDIS_SERVICE_HOST"]
+    foreign += ["REDIS_SERVICE_PORT", "REDIS_PORT", "REDIS_PORT_6379_TCP_ADDR"]
+    meant = {
+        "ALLOWED_USERS": "ALLOWED_USER_IDS",  # the same first word
+        "ADMIN_ID": "ADMIN_IDS",
+        "GPTALK_PROXI": "GPTALK_PROXY",
+        "LOGLEVEL": "LOG_LEVEL",  # a typo of a whole name
+        "ALOWED_USER_IDS": "ALLOWED_USER_IDS",
+    }
+    environ = dict.fromkeys([*common, *foreign, *meant, "BOT_TOKEN", "log_format"], "1")
+    environ["REDIS_PORT"] = "tcp://10.0.0.7:6379"
+
+    warnings = unknown_variables(environ)
+
+    assert sorted(warnings) == sorted(
+        f"{name} (in the environment) is not a setting of this bot and is ignored: "
+        f"did you mean {setting}?"
+        for name, setting in meant.items()
+    )
