@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
-from bot.config import ConfigError, load_settings, secrets_of
+from bot.config import ConfigError, load_settings, secrets_of, unknown_variables
 from bot.logs import redact, setup_logging
 
 log = logging.getLogger("bot")
@@ -29,6 +30,10 @@ def main() -> int:
         fmt=settings.log_format,
         replica=settings.replica_id,
     )
+    # A misspelt variable is ignored without a word otherwise: ALLOWED_USERS=42 would
+    # leave the bot open to everyone.
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     # Imported only once the settings are valid: a configuration error is reported
     # before aiogram, aiohttp and redis are loaded (~3 s of CPU on a small machine).
     from bot.lifecycle import StartupError, run

@@ -6,10 +6,12 @@ its variable, and validation errors name the variable, not the field.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -17,20 +19,21 @@ from urllib.parse import urlsplit
 from pydantic import (
     BeforeValidator,
     Field,
+    SecretBytes,
     SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from yarl import URL
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, NoDecode, SettingsConfigDict
 
 from bot.i18n import LANGUAGES, Language
 from gptalk import DEFAULT_BASE_URL, DEFAULT_MODEL
-from gptalk.redis_url import check_redis_url, url_secrets
+from gptalk.redis_url import check_redis_url
+from gptalk.urls import check_http_url, url_secrets
 
-__all__ = ["ConfigError", "Settings", "load_settings", "secrets_of"]
+__all__ = ["ConfigError", "Settings", "load_settings", "secrets_of", "unknown_variables"]
 
 IdSet = Annotated[frozenset[int], NoDecode]
 NameList = Annotated[tuple[str, ...], NoDecode]
@@ -38,6 +41,7 @@ NameList = Annotated[tuple[str, ...], NoDecode]
 EmptyIsNone = BeforeValidator(lambda v: None if isinstance(v, str) and not v.strip() else v)
 PROVIDERS = ("gptalk", "openai")
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 # The first thing a new operator sees: say where a token comes from and where it goes.
@@ -194,10 +198,8 @@ class Settings(BaseSettings):
                 return DEFAULT_BASE_URL
             if value is None and info.field_name == "openai_base_url":
                 return OPENAI_DEFAULT_BASE_URL
-            if value is not None and not value.startswith(("http://", "https://")):
-                raise ValueError("must be an http:// or https:// URL")
             if value is not None:
-                _check_http_url(value)
+                check_http_url(value)
         return value
 
     @field_validator("llm_providers", mode="before")
@@ -258,18 +260,6 @@ class Settings(BaseSettings):
         return value.strip().upper() if isinstance(value, str) else value
 
 
-def _check_http_url(value: str) -> None:
-    """Parse ``value`` as aiohttp will, so that a malformed URL is a configuration
-    error now rather than an exception (quoting the URL, with the bot token in it)
-    at the first request. The value itself is not echoed: it may hold credentials."""
-    try:
-        host = URL(value).host
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
-    if not host or any(c.isspace() for c in host):
-        raise ValueError("is not a valid URL (no host name)")
-
-
 def _listen_host(value: str) -> bool:
     """An address or a host name, checked now: a URL or a host:port pasted here would
     otherwise fail only when the listener opens, as a resolver error."""
@@ -301,14 +291,92 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """What must never be printed: the bot token (and its secret half on its own),
-    the model service's API key, the webhook secret, the passwords in REDIS_URL."""
-    token = settings.bot_token.get_secret_value()
-    webhook_secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
-    return [
-        token,
-        token.partition(":")[2],
-        settings.openai_api_key.get_secret_value(),
-        webhook_secret,
-        *url_secrets(settings.redis_url or ""),
-    ]
+    """What must never be printed: every secret setting's value (the bot token, and its
+    secret half on its own), and every credential inside any other setting's value
+    (the passwords in REDIS_URL, GPTALK_PROXY, OPENAI_BASE_URL, TELEGRAM_API_URL…).
+    It walks every field rather than a list of them, so that a setting added later is
+    masked without a change here."""
+    found = [settings.bot_token.get_secret_value().partition(":")[2]]
+    for name in type(settings).model_fields:
+        found += _secrets_in(getattr(settings, name))
+    return list(dict.fromkeys(secret for secret in found if secret))
+
+
+def _secrets_in(value: object) -> list[str]:
+    if value is None or isinstance(value, bool | int | float):
+        return []
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, SecretBytes):
+        return [value.get_secret_value().decode(errors="replace")]
+    if isinstance(value, Mapping):
+        return [secret for item in value.values() for secret in _secrets_in(item)]
+    if isinstance(value, tuple | list | set | frozenset):
+        return [secret for item in value for secret in _secrets_in(item)]
+    text = str(value)  # a str, or a URL or path type
+    # A URL is one word (with or without its scheme); text with spaces in it, such as
+    # SYSTEM_PROMPT, is read as a URL only when it starts like one.
+    if any(c.isspace() for c in text) and not _SCHEME.match(text):
+        return []
+    return url_secrets(text)
+
+
+# Variables of other programs that share a first word with a setting: the openai SDK's
+# own (the bot's client reads them too), systemd's, bash's.
+FOREIGN_VARIABLES = frozenset(
+    {
+        "OPENAI_ADMIN_KEY",
+        "OPENAI_API_TYPE",
+        "OPENAI_API_VERSION",
+        "OPENAI_CUSTOM_HEADERS",
+        "OPENAI_LOG",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "OPENAI_WEBHOOK_SECRET",
+        "JOURNAL_STREAM",
+        "PROMPT_COMMAND",
+    }
+)
+# Kubernetes gives every pod REDIS_SERVICE_HOST, REDIS_PORT=tcp://…, REDIS_PORT_6379_TCP…
+# for a service named redis (Docker's links did the same): not settings gone wrong.
+_SERVICE_LINK = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
+# Close enough to a setting's whole name to be a typo of it (LOGLEVEL, ALOWED_USER_IDS).
+_TYPO_RATIO = 0.85
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each variable, in ``environ`` or in ``.env``, that looks meant for
+    the bot but is none of its settings, so is ignored, naming the setting it was
+    probably meant to be. Never the variable's value: it may be a secret."""
+    known = sorted(name.upper() for name in Settings.model_fields)
+    found_in: dict[str, list[str]] = {}
+    dotenv = DotEnvSettingsSource(Settings).env_vars
+    for source, names in (("the environment", list(environ)), (".env", list(dotenv))):
+        for name in names:
+            sources = found_in.setdefault(name.upper(), [])
+            if source not in sources:
+                sources.append(source)
+    warnings = []
+    for name, sources in found_in.items():
+        meant = _meant_setting(name, environ.get(name, ""), known)
+        if meant is not None:
+            warnings.append(
+                f"{name} (in {' and in '.join(sources)}) is not a setting of this bot and "
+                f"is ignored: did you mean {meant}?"
+            )
+    return warnings
+
+
+def _meant_setting(name: str, value: str, known: list[str]) -> str | None:
+    """The setting ``name`` was probably meant to be, if it looks meant for the bot: it
+    shares its first word with one (ALLOWED_USERS), or is a typo of one (LOGLEVEL)."""
+    if name in known or name in FOREIGN_VARIABLES or _SERVICE_LINK.fullmatch(name):
+        return None
+    if name.endswith("_PORT") and value.startswith(("tcp://", "udp://")):
+        return None  # Kubernetes's too
+    head, underscore, _rest = name.partition("_")
+    related = [setting for setting in known if underscore and setting.startswith(head + "_")]
+    if related:
+        return difflib.get_close_matches(name, related, n=1, cutoff=0)[0]
+    typos = difflib.get_close_matches(name, known, n=1, cutoff=_TYPO_RATIO)
+    return typos[0] if typos else None

@@ -13,7 +13,6 @@ from aiogram.exceptions import (
     TelegramNetworkError,
     TelegramUnauthorizedError,
 )
-from yarl import URL
 
 from bot.app import Application, StartupError, build_application
 from bot.config import Settings, secrets_of
@@ -29,6 +28,7 @@ from bot.transport.webhook import (
     WebhookError,
     run_webhook,
 )
+from gptalk.urls import without_userinfo
 
 __all__ = ["StartupError", "run"]
 
@@ -39,7 +39,7 @@ def bot_api_name(settings: Settings) -> str:
     """The Bot API server for messages: without credentials, never with the token."""
     if settings.telegram_api_url is None:
         return "api.telegram.org (TELEGRAM_API_URL is not set)"
-    return str(URL(settings.telegram_api_url).with_user(None))
+    return without_userinfo(settings.telegram_api_url)
 
 
 def telegram_failure(exc: AiogramError, settings: Settings) -> str:
@@ -53,6 +53,19 @@ def telegram_failure(exc: AiogramError, settings: Settings) -> str:
         return f"TELEGRAM_API_URL: the Bot API at {where} refused the request ({detail})"
     # ClientDecodeError and the like: something answered, but not a Bot API.
     return f"TELEGRAM_API_URL: {where} does not answer like a Telegram Bot API server"
+
+
+def access_mode(settings: Settings) -> str:
+    """Who may chat, in one line: the first thing to check when access looks wrong."""
+    admins = _count(len(settings.admin_ids), "admin")
+    if not settings.allowed_user_ids:
+        return f"open to everyone (ALLOWED_USER_IDS is empty); {admins} (ADMIN_IDS)"
+    allowed = _count(len(settings.allowed_user_ids), "allowed user")
+    return f"only {allowed} (ALLOWED_USER_IDS) and {admins} (ADMIN_IDS) may chat"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 async def prepare(app: Application) -> None:
@@ -74,6 +87,7 @@ async def prepare(app: Application) -> None:
         "webhook" if webhook else "long polling",
         app.settings.replica_id,
     )
+    log.info("access: %s", access_mode(app.settings))
 
 
 async def receive(app: Application) -> None:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
 
+from gptalk.urls import without_userinfo
+
 __all__ = ["JsonFormatter", "RedactingFilter", "log_context", "redact", "setup_logging"]
 
 # What the current update is about (chat, conversation, update id): set by the
@@ -34,13 +36,14 @@ _PATTERNS = (
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with the given secrets and anything token-shaped masked."""
+    """``text`` with the given secrets and anything token-shaped masked, and every URL
+    in it without its ``user:password@`` (libraries quote proxy and base URLs whole)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     for pattern in _PATTERNS:
         text = pattern.sub(r"\1***", text)
-    return text
+    return without_userinfo(text)
 
 
 class RedactingFilter(logging.Filter):

@@ -24,6 +24,7 @@ from .auth import RedisTokenStore, TokenStore
 from .client import DEFAULT_BASE_URL, DEFAULT_MAX_USES, DEFAULT_MODEL, GPTalkClient
 from .errors import GPTalkError
 from .redis_url import check_redis_url, redis_from_url
+from .urls import check_http_url, url_secrets, without_userinfo
 
 T = TypeVar("T")
 
@@ -55,6 +56,15 @@ def _positive_float(raw: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(raw)
     return value
+
+
+def _clean(text: str, args: argparse.Namespace) -> str:
+    """``text`` without the credentials of any URL given (the library masks its own;
+    this also covers what redis-py's messages might quote)."""
+    for url in (args.url, args.proxy, args.redis_url):
+        for secret in url_secrets(url or ""):
+            text = text.replace(secret, "***")
+    return without_userinfo(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,8 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.max_uses = _env("GPTALK_MAX_USES", _positive_int, DEFAULT_MAX_USES)
         args.connect_timeout = _env("GPTALK_CONNECT_TIMEOUT", _positive_float, 10.0)
         args.read_timeout = _env("GPTALK_READ_TIMEOUT", _positive_float, 60.0)
-        if not args.url.startswith(("http://", "https://")):
-            raise UsageError(f"--url/GPTALK_URL: not an http(s) URL: {args.url!r}")
+        for names, url in (("--url/GPTALK_URL", args.url), ("--proxy/GPTALK_PROXY", args.proxy)):
+            try:
+                if url is not None:
+                    check_http_url(url)
+            except ValueError as exc:  # its reason never quotes the URL
+                raise UsageError(f"{names}: {exc}") from None
         if args.redis_url:
             try:
                 check_redis_url(args.redis_url)
@@ -139,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(_run(args, prompt, sys.stdout))
     except GPTalkError as exc:
-        print(f"gptalk: error: {exc}", file=sys.stderr)
+        print(f"gptalk: error: {_clean(str(exc), args)}", file=sys.stderr)
         return 1
     except RedisError as exc:
-        print(f"gptalk: error: Redis is not usable: {exc}", file=sys.stderr)
+        print(f"gptalk: error: Redis is not usable: {_clean(str(exc), args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 import weakref
@@ -342,12 +343,14 @@ end
 _RELEASE: Final = _RELEASE_LUA + "return 1\n"
 
 # KEYS = lock, done list, auth hash; ARGV[1..2] as _RELEASE, then token, expires_at,
-# uses already reserved, max_uses, obtained_at. Stores the fresh token and releases.
+# uses already reserved, max_uses, obtained_at, milliseconds until expires_at. Stores
+# the fresh token, to vanish when it expires (at once if it came expired), and releases.
 _STORE: Final = (
     """
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'token', ARGV[3], 'expires_at', ARGV[4], 'uses', ARGV[5],
            'max_uses', ARGV[6], 'obtained_at', ARGV[7])
+redis.call('PEXPIRE', KEYS[3], ARGV[8])
 """
     + _RELEASE
 )
@@ -363,10 +366,10 @@ class RedisTokenStore(_BatchingStore):
     """A token store in Redis, shared by every process that uses the same ``prefix``.
 
     Keys: ``{prefix}:auth`` (hash: ``token``, ``expires_at``, ``uses``, ``max_uses``,
-    ``obtained_at``), ``{prefix}:auth:lock`` (held, with an expiry, by the one process
-    that is logging in) and, only while other processes wait for that login,
-    ``{prefix}:auth:done:{holder}`` (a list that wakes them; it expires). Needs Redis
-    6.2 or newer (``BLMOVE``).
+    ``obtained_at``; it expires at ``expires_at``), ``{prefix}:auth:lock`` (held, with
+    an expiry, by the one process that is logging in) and, only while other processes
+    wait for that login, ``{prefix}:auth:done:{holder}`` (a list that wakes them; it
+    expires). Needs Redis 6.2 or newer (``BLMOVE``).
 
     ``connect_timeout`` and ``read_timeout`` are the GPTalk client's: a login takes at
     most their sum, and the lock lives longer than that (plus a margin), so a slow
@@ -456,6 +459,7 @@ class RedisTokenStore(_BatchingStore):
                     f"GPTalk login took longer than {self.login_timeout:g} s", endpoint="login"
                 ) from None
             uses = waiters.wanted(head.max_uses)
+            now = self._clock()
             await self._store_script(
                 keys=[*keys, self.key],
                 args=[
@@ -465,7 +469,10 @@ class RedisTokenStore(_BatchingStore):
                     result.expires_at,
                     uses,
                     head.max_uses,
-                    repr(self._clock()),
+                    repr(now),
+                    # Measured by the clock the reservations judge expiry by, not by
+                    # Redis's own (EXPIREAT), which may disagree with it.
+                    math.floor((result.expires_at - now) * 1000),
                 ],
             )
         except BaseException:

@@ -29,6 +29,7 @@ from .errors import (
     excerpt,
 )
 from .prompt import Messages, format_prompt
+from .urls import url_secrets, without_userinfo
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -129,11 +130,12 @@ _TOKEN_QUERY = re.compile(r"(token=)[^&\s'\"]+")
 
 
 def _redact(text: str, *secrets_: str) -> str:
-    """Remove tokens from text that goes into an exception or a log line."""
+    """Remove tokens and URL credentials from text that goes into an exception or a
+    log line."""
     for secret in secrets_:
         if secret:
             text = text.replace(secret, "***")
-    return _TOKEN_QUERY.sub(r"\1***", _TOKEN_FIELD.sub(r"\1***\2", text))
+    return without_userinfo(_TOKEN_QUERY.sub(r"\1***", _TOKEN_FIELD.sub(r"\1***\2", text)))
 
 
 class _TokenRejected(Exception):
@@ -272,6 +274,10 @@ class GPTalkClient:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
+    def _url_secrets(self) -> list[str]:
+        # aiohttp quotes the proxy's URL, password and all, when the proxy refuses.
+        return url_secrets(self.base_url) + url_secrets(self.proxy or "")
+
     def stream(
         self,
         messages: Messages,
@@ -398,7 +404,7 @@ class GPTalkClient:
             ) as response:
                 return response.status, await response.text(errors="replace")
         except (TimeoutError, aiohttp.ClientError) as exc:
-            error = _transport_error(exc, endpoint, *secrets_)
+            error = _transport_error(exc, endpoint, *secrets_, *self._url_secrets())
         raise error  # outside the except block: no implicit __context__ to leak from
 
     @staticmethod
@@ -465,7 +471,7 @@ class GPTalkClient:
         except aiohttp.ClientPayloadError:
             transport_error = None  # closed mid-body: the same as ending without [DONE]
         except (TimeoutError, aiohttp.ClientError) as exc:
-            transport_error = _transport_error(exc, "stream", stream_token)
+            transport_error = _transport_error(exc, "stream", stream_token, *self._url_secrets())
         else:
             transport_error = None
         # Raised outside the except blocks: no implicit __context__ to leak a token from.
@@ -483,7 +489,8 @@ def _is_timestamp(value: object) -> TypeGuard[int | float]:
 def _transport_error(
     exc: TimeoutError | aiohttp.ClientError, endpoint: Endpoint, *secrets_: str
 ) -> APIConnectionError:
-    """A GPTalk error for a transport failure, whose text holds no token."""
+    """A GPTalk error for a transport failure, whose text holds no token and no
+    URL credentials."""
     original = str(exc) or type(exc).__name__
     detail = _redact(original, *secrets_)
     error: APIConnectionError

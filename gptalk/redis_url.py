@@ -41,6 +41,8 @@ from redis.asyncio.sentinel import (
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .urls import url_secrets
+
 __all__ = [
     "SENTINEL_SCHEME",
     "SentinelURL",
@@ -48,7 +50,7 @@ __all__ = [
     "is_sentinel_url",
     "parse_sentinel_url",
     "redis_from_url",
-    "url_secrets",
+    "url_secrets",  # now gptalk.urls's (any URL); still importable from here
 ]
 
 log = logging.getLogger("gptalk.redis")
@@ -154,18 +156,6 @@ def check_redis_url(url: str) -> None:
         # password: name the problem without it.
         reason = "the port is not a number" if "integer" in str(exc) else str(exc)
         raise ValueError(f"is not a valid Redis URL ({reason})") from None
-
-
-def url_secrets(url: str) -> list[str]:
-    """The passwords in a Redis URL, for masking in logs (empty if it has none)."""
-    try:
-        if is_sentinel_url(url):
-            parsed = parse_sentinel_url(url)
-            return [s for s in (parsed.password, parsed.sentinel_password) if s]
-        password = parse_url(url).get("password")
-    except ValueError:
-        return []
-    return [password] if isinstance(password, str) and password else []
 
 
 class _Sentinel(Sentinel):

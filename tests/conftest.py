@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
@@ -64,6 +65,27 @@ async def tg() -> AsyncIterator[FakeTelegram]:
     """A started strict fake Bot API (real time)."""
     async with FakeTelegram() as fake:
         yield fake
+
+
+@pytest.fixture
+async def refusing_proxy() -> AsyncIterator[str]:
+    """``host:port`` of an HTTP proxy that answers every request, ``CONNECT`` included,
+    with 407 Proxy Authentication Required. For an https:// target aiohttp's error then
+    quotes the proxy's URL, ``user:password@`` and all."""
+
+    async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=407, headers={"Proxy-Authenticate": 'Basic realm="test"'})
+
+    # The low-level server: the router would answer CONNECT host:443 with 404.
+    runner = web.ServerRunner(web.Server(refuse), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 BotFactory = Callable[..., Awaitable[BotHarness]]

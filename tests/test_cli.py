@@ -236,6 +236,31 @@ async def test_stream_cut_midway_keeps_partial_output(fake_gptalk: FakeGPTalk) -
     assert result.stdout == DEFAULT_ANSWER[: 2 * fake_gptalk.chunk_size]
 
 
+@pytest.mark.parametrize(
+    ("args", "env_extra", "named"),
+    [
+        # aiohttp's error for a refusing proxy quotes the proxy's URL whole.
+        pytest.param(["--url", "https://gptalk.invalid"], {}, "407", id="proxy-refuses"),
+        pytest.param([], {"GPTALK_PROXY": "u:PROXYPW@127.0.0.1:1"}, "GPTALK_PROXY", id="no-scheme"),
+        pytest.param([], {"GPTALK_PROXY": "http://u:PROXYPW@[::1"}, "GPTALK_PROXY", id="bad-host"),
+        pytest.param(["--url", "ftp://u:PROXYPW@h"], {}, "GPTALK_URL", id="url-not-http"),
+    ],
+)
+async def test_url_credentials_are_never_shown(
+    refusing_proxy: str, args: list[str], env_extra: dict[str, str], named: str
+) -> None:
+    env = cli_env(**{"GPTALK_PROXY": f"http://u:PROXYPW@{refusing_proxy}", **env_extra})
+
+    result = await run_cli("hi", *args, env=env)
+
+    assert "PROXYPW" not in result.stdout + result.stderr
+    assert result.returncode in (1, 2), result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert named in result.stderr
+    if named == "407":  # the proxy is named, without its userinfo
+        assert f"url='http://{refusing_proxy}'" in result.stderr
+
+
 # ---------------------------------------------------------------------- usage errors
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import traceback
 from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
-from pydantic import ValidationError
+from pydantic import AnyUrl, SecretStr, ValidationError
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, load_settings, secrets_of, unknown_variables
 
 TOKEN = "123456789:AAE-s3cretT0kenValue_xyz"
 SECRET_PART = "s3cretT0kenValue"
@@ -531,3 +533,99 @@ def test_stream_mode_and_draft_interval(monkeypatch: pytest.MonkeyPatch, token: 
     assert config_error(monkeypatch, STREAM_MODE="drafts").startswith("STREAM_MODE:")
     monkeypatch.setenv("STREAM_MODE", "edit")
     assert config_error(monkeypatch, DRAFT_INTERVAL="0").startswith("DRAFT_INTERVAL:")
+
+
+# --- secrets_of: every setting that can hold a credential ---------------------------------------
+
+NO_TEXT = object()  # a type whose values cannot hold a credential
+TEXT_FREE = (bool, int, float, Path, NoneType)
+
+
+def sample(annotation: Any, secret: str) -> Any:
+    """A value of ``annotation`` that hides ``secret`` the way it would: as the secret
+    itself, or as the password in a URL. NO_TEXT for types that hold no text."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return sample(args[0], secret)
+    if origin in (Union, UnionType):
+        values = [sample(arg, secret) for arg in args]
+        return next((v for v in values if v is not NO_TEXT), NO_TEXT)
+    if origin is Literal:
+        return NO_TEXT  # a fixed choice, not the operator's text
+    if origin in (tuple, list, set, frozenset):
+        item = sample(args[0], secret)
+        return NO_TEXT if item is NO_TEXT else origin([item])
+    if annotation is SecretStr:
+        return SecretStr(secret)
+    url = f"http://user:{secret}@host.example:8443/path"
+    if isinstance(annotation, type) and issubclass(annotation, str):
+        return url
+    if isinstance(annotation, type) and issubclass(annotation, AnyUrl):
+        return annotation(url)
+    if annotation in TEXT_FREE:
+        return NO_TEXT
+    raise AssertionError(f"a setting of type {annotation!r}: teach sample() whether it holds text")
+
+
+def test_secrets_of_masks_every_setting_that_can_hold_a_credential() -> None:
+    # Every setting that can hold text gets a password of its own: one added later
+    # that secrets_of does not mask fails here.
+    values = {
+        name: sample(field.annotation, f"pw-{name}")
+        for name, field in Settings.model_fields.items()
+    }
+    values = {name: value for name, value in values.items() if value is not NO_TEXT}
+    assert {"bot_token", "gptalk_proxy", "openai_base_url", "telegram_api_url"} <= set(values)
+
+    found = secrets_of(Settings.model_construct(**values))
+
+    assert [name for name in values if f"pw-{name}" not in found] == []
+
+
+def test_secrets_of_masks_the_password_of_every_configured_url(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    urls = {
+        "TELEGRAM_API_URL": "http://tg:tg%40pw@127.0.0.1:8081",
+        "GPTALK_URL": "https://gt:gptalk-pw@gptalk.example",
+        "GPTALK_PROXY": "http://proxy-user:proxy-pw@127.0.0.1:3128",
+        "OPENAI_BASE_URL": "https://gw:gateway-pw@gateway.example/v1",
+        "REDIS_URL": "redis+sentinel://:master-pw@h1:26379/m?sentinel_password=sentinel-pw",
+        "WEBHOOK_URL": "https://hook:hook-pw@bot.example/telegram",
+    }
+    for name, url in {**urls, "WEBHOOK_SECRET": "hook-secret"}.items():
+        monkeypatch.setenv(name, url)
+
+    found = secrets_of(load_settings())
+
+    wanted = ["tg%40pw", "tg@pw", "gptalk-pw", "proxy-pw", "gateway-pw", "master-pw"]
+    wanted += ["sentinel-pw", "hook-pw", "hook-secret", TOKEN, TOKEN.partition(":")[2]]
+    assert [secret for secret in wanted if secret not in found] == []
+
+
+# --- unknown variables that look meant for the bot ---------------------------------------------
+
+
+def test_only_variables_that_look_meant_for_the_bot_are_named() -> None:
+    common = ["PATH", "HOME", "LANG", "LANGUAGE", "USER", "LOGNAME", "HOSTNAME", "TERM"]
+    common += ["PYTHONPATH", "HTTP_PROXY", "NO_PROXY", "XDG_RUNTIME_DIR", "LC_ALL"]
+    # Other programs' own, and what Kubernetes adds for a service named redis.
+    foreign = ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "JOURNAL_STREAM", "REDIS_SERVICE_HOST"]
+    foreign += ["REDIS_SERVICE_PORT", "REDIS_PORT", "REDIS_PORT_6379_TCP_ADDR"]
+    meant = {
+        "ALLOWED_USERS": "ALLOWED_USER_IDS",  # the same first word
+        "ADMIN_ID": "ADMIN_IDS",
+        "GPTALK_PROXI": "GPTALK_PROXY",
+        "LOGLEVEL": "LOG_LEVEL",  # a typo of a whole name
+        "ALOWED_USER_IDS": "ALLOWED_USER_IDS",
+    }
+    environ = dict.fromkeys([*common, *foreign, *meant, "BOT_TOKEN", "log_format"], "1")
+    environ["REDIS_PORT"] = "tcp://10.0.0.7:6379"
+
+    warnings = unknown_variables(environ)
+
+    assert sorted(warnings) == sorted(
+        f"{name} (in the environment) is not a setting of this bot and is ignored: "
+        f"did you mean {setting}?"
+        for name, setting in meant.items()
+    )

@@ -321,6 +321,27 @@ def test_filter_on_the_logger_also_masks(caplog: pytest.LogCaptureFixture) -> No
     assert_clean(caplog.text)
 
 
+def test_urls_are_named_without_their_userinfo(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    # Passwords nobody told the filter about: aiohttp quoting a proxy's URL, a user
+    # name that is a token, a password with an "@" in it.
+    logger, stream = captured
+    logger.warning(
+        "login failed: 407, message='Proxy Authentication Required', url='%s'; then %s and %s",
+        "http://puser:unlisted-pw@127.0.0.1:3128",
+        "https://unlisted-token@gw.example/v1",
+        "redis://:p@ss-unlisted@[::1]:6379/0 (mail ops@example.org)",
+    )
+    text = stream.getvalue()
+    assert "unlisted" not in text
+    assert "puser" not in text
+    assert (
+        "url='http://127.0.0.1:3128'; then https://gw.example/v1 and redis://[::1]:6379/0" in text
+    )
+    assert "(mail ops@example.org)" in text  # not a URL: left alone
+
+
 def test_clean_text_is_unchanged(captured: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = captured
     logger.info("answered in chat %s: %d chars, token count %s", -100123, 42, "n/a")

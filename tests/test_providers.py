@@ -28,6 +28,7 @@ from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk, Fault
 from tests.fake_openai import FakeOpenAI
 from tests.fake_telegram import FakeTelegram
+from tests.test_cli import closed_port_url
 
 KEY = "sk-test-key-0123456789abcdef"
 MODEL = "test-model"
@@ -363,6 +364,30 @@ async def test_a_wrong_key_gives_a_clear_notice_and_never_reaches_the_logs(
         assert fragment not in caplog.text
         assert fragment not in sent_texts(tg)
         assert fragment not in json.dumps(await history(redis, 1001))
+
+
+async def test_a_password_in_the_base_url_never_reaches_the_logs(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    gptalk: FakeGPTalk,
+    fake_openai: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The records as logged, before any filter: the provider's own message names the
+    # gateway without its user and password.
+    caplog.set_level(logging.DEBUG)
+    unreachable = closed_port_url("http") + "/v1"
+    with_password = unreachable.replace("http://", "http://gwuser:BASEURL_PW@")
+    settings = openai_settings(fake_openai, "openai", openai_base_url=with_password)
+    harness = await make_bot(**settings)
+    question = await ask(harness, harness.user(1001, "Ann"), "Hello?")
+    await harness.stop()
+
+    assert harness.tg.visible_text(1001, question["message_id"]) == render(UNAVAILABLE).text
+    assert f"openai failed: {unreachable} ({MODEL}): connection failed" in caplog.text
+    for fragment in ("BASEURL_PW", "gwuser"):
+        assert fragment not in caplog.text
+        assert fragment not in sent_texts(tg)
 
 
 async def test_a_stall_mid_stream_keeps_the_text_and_ends_with_the_notice(

@@ -4,7 +4,7 @@
   on behalf of a chat, not a non-admin who happens to share a group with an admin.
 * A whole session of the real ``python -m bot`` at ``LOG_LEVEL=DEBUG`` — answers, GPTalk
   failures whose URLs carry a stream token, admin commands, Telegram errors — never prints
-  the bot token or a GPTalk token.
+  the bot token or a GPTalk token; nor the passwords in the URLs it is configured with.
 * Two bots with different ``REDIS_PREFIX`` share one Redis without touching each other.
 """
 
@@ -28,6 +28,7 @@ from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
+from tests.test_cli import closed_port_url
 
 ADMIN = 42
 BOT = "@gptalk_test_bot"
@@ -169,6 +170,50 @@ async def test_a_debug_session_of_python_m_bot_never_logs_a_secret(
     # Nothing secret reached the users either.
     sent = json.dumps([c.params for c in tg.calls], ensure_ascii=False)
     assert not [token for token in issued if token in sent]
+
+
+# --- credentials in configured URLs -------------------------------------------------------------
+
+
+async def test_credentials_in_urls_never_reach_the_log(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, refusing_proxy: str, tmp_path: Path
+) -> None:
+    """A DEBUG session of ``python -m bot`` whose three configurable URLs carry a user
+    and password: GPTALK_PROXY refuses (aiohttp's error quotes the proxy's URL whole),
+    OPENAI_BASE_URL, the fallback, is unreachable (the provider's error names it), and
+    TELEGRAM_API_URL works. The log names each URL by its host, never with the password."""
+    openai_url = closed_port_url("http") + "/v1"
+    env = bot_env(
+        tg,
+        fake_gptalk,
+        TELEGRAM_API_URL=tg.url.replace("http://", "http://tguser:TG_PW@"),
+        GPTALK_URL="https://gptalk.invalid",  # reached through the proxy: no DNS lookup here
+        GPTALK_PROXY=f"http://puser:PROXY_PW@{refusing_proxy}",
+        LLM_PROVIDERS="gptalk,openai",
+        OPENAI_MODEL="test-model",
+        OPENAI_BASE_URL=openai_url.replace("http://", "http://gwuser:BASEURL_PW@"),
+        LOG_LEVEL="DEBUG",
+    )
+    proc = await start_bot(env, tmp_path)
+    try:
+        await tg.wait_for(lambda: tg.long_poll_pending, timeout=60)
+        user = tg.add_user(ADMIN, "Root")
+        question = tg.user_message(tg.private_chat(user), user, "hello")
+        await tg.wait_for(lambda: "⚠️" in tg.visible_text(ADMIN, question["message_id"]), 30)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+    log = (out + err).decode()
+    sent = json.dumps([c.params for c in tg.calls], ensure_ascii=False)
+    for secret in ("TG_PW", "PROXY_PW", "BASEURL_PW", "tguser", "puser", "gwuser"):
+        assert secret not in log, [line for line in log.splitlines() if secret in line]
+        assert secret not in sent
+    # Both failures were logged, naming the URL without its userinfo.
+    assert f"Proxy Authentication Required', url='http://{refusing_proxy}'" in log
+    assert f"openai failed: {openai_url} (test-model): connection failed" in log
 
 
 # --- two bots, one Redis -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -139,6 +140,72 @@ async def test_missing_bot_token_says_where_to_get_one(
     assert lines[0].startswith("gptalk-bot: configuration error: BOT_TOKEN: ")
     assert "@BotFather" in lines[0]
     assert ".env.example" in lines[0]
+
+
+# --- what a started bot says about its configuration ---------------------------------------------
+
+
+async def log_of_a_start(env: dict[str, str], cwd: Path, tg: FakeTelegram) -> str:
+    """stderr of a bot run until it polls, then stopped."""
+    proc = await start_bot(env, cwd)
+    try:
+        await tg.wait_for(lambda: tg.long_poll_pending, timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return err.decode()
+
+
+def warnings_about(log: str, name: str) -> list[str]:
+    return [line.partition(" bot: ")[2] for line in log.splitlines() if f" bot: {name} (" in line]
+
+
+async def test_a_misspelt_access_variable_is_named_and_the_bot_says_it_is_open(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, workdir: Path
+) -> None:
+    env = bot_env(tg, fake_gptalk, ALLOWED_USERS="4242424242", ADMIN_IDS="7")
+    env.update(PATH=os.environ["PATH"], HOME=str(workdir), LANG="C.UTF-8")
+
+    log = await log_of_a_start(env, workdir, tg)
+
+    assert warnings_about(log, "ALLOWED_USERS") == [
+        "ALLOWED_USERS (in the environment) is not a setting of this bot and is ignored: "
+        "did you mean ALLOWED_USER_IDS?"
+    ]
+    assert "4242424242" not in log  # a value may be a secret
+    assert "access: open to everyone (ALLOWED_USER_IDS is empty); 1 admin (ADMIN_IDS)" in log
+    for common in ("PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED"):
+        assert warnings_about(log, common) == []
+
+
+async def test_unknown_variables_in_dotenv_are_named_once_and_the_allowed_users_counted(
+    tg: FakeTelegram, fake_gptalk: FakeGPTalk, workdir: Path
+) -> None:
+    (workdir / ".env").write_text(
+        "GPTALK_PROXI=http://u:DOTENV_PW@127.0.0.1:1\nallowed_users=4242424242\n"
+        "# ALLOWED_USERZ=commented out\n",
+        encoding="utf-8",
+    )
+    env = bot_env(
+        tg, fake_gptalk, ALLOWED_USERS="5353535353", ALLOWED_USER_IDS="1,2,3", ADMIN_IDS="9"
+    )
+
+    log = await log_of_a_start(env, workdir, tg)
+
+    assert warnings_about(log, "GPTALK_PROXI") == [
+        "GPTALK_PROXI (in .env) is not a setting of this bot and is ignored: "
+        "did you mean GPTALK_PROXY?"
+    ]
+    assert warnings_about(log, "ALLOWED_USERS") == [
+        "ALLOWED_USERS (in the environment and in .env) is not a setting of this bot and is "
+        "ignored: did you mean ALLOWED_USER_IDS?"
+    ]
+    assert warnings_about(log, "ALLOWED_USERZ") == []
+    for value in ("DOTENV_PW", "4242424242", "5353535353"):
+        assert value not in log
+    assert "access: only 3 allowed users (ALLOWED_USER_IDS) and 1 admin (ADMIN_IDS) may chat" in log
 
 
 def clean_env() -> dict[str, str]:

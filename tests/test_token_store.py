@@ -191,6 +191,26 @@ async def test_redis_key_layout(redis: aioredis.Redis, clock: Clock) -> None:
     assert sorted(await redis.keys("*")) == [b"bot1:auth"]
 
 
+async def test_the_stored_token_expires_at_its_expires_at(
+    redis: aioredis.Redis, clock: Clock
+) -> None:
+    store, login = RedisTokenStore(redis, prefix="exp", clock=clock), Logins(clock)
+    assert await store.acquire(login, max_uses=5) == "tok-1"
+    assert 3_599_000 < await redis.pttl("exp:auth") <= 3_600_000
+    await redis.delete("exp:auth")
+
+    login.lifetime = 1
+    assert await store.acquire(login, max_uses=5) == "tok-2"
+    assert await store.acquire(login, max_uses=5) == "tok-2"  # a use does not prolong it
+    assert 500 < await redis.pttl("exp:auth") <= 1000
+    for _ in range(40):  # gone within its second (by the real clock: the store's stands still)
+        if not await redis.exists("exp:auth"):
+            break
+        await asyncio.sleep(0.05)
+    assert await redis.exists("exp:auth") == 0
+    assert await store.acquire(login, max_uses=5) == "tok-3"
+
+
 async def test_redis_store_works_with_a_decoding_client(redis_url: str, clock: Clock) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:

@@ -3,7 +3,7 @@ Ollama's ``/v1``, vLLM), through the official ``openai`` package.
 
 The SDK retries nothing here (``max_retries=0``): trying another provider is the
 fallback's decision. Its errors become the bot's provider errors at this boundary,
-with the API key taken out of every message.
+with the API key and the base URL's credentials taken out of every message.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from gptalk import Message
+from gptalk.urls import url_secrets, without_userinfo
 
 from .base import (
     ProviderAuthError,
@@ -61,7 +62,9 @@ class OpenAIProvider:
         self.model = model
         self.base_url = base_url
         self.read_timeout = read_timeout
-        self._api_key = api_key
+        # The key, and whatever credentials the base URL carries (a gateway's user and
+        # password), are taken out of every message.
+        self._secrets = [api_key, *url_secrets(base_url)]
         self._service = service
         self._options: dict[str, Any] = {}
         if temperature is not None:
@@ -129,7 +132,7 @@ class OpenAIProvider:
             raise self._fail(ProviderCutOff, "the stream ended without a finish_reason")
         if finish in TRUNCATING:
             raise ProviderTruncated(
-                f"{self._where()}: finish_reason {finish}",
+                self._redact(f"{self._where()}: finish_reason {finish}"),
                 provider=NAME,
                 service=self._service,
                 reason=finish,
@@ -139,15 +142,18 @@ class OpenAIProvider:
         await self._client.close()
 
     def _where(self) -> str:
-        return f"{self.base_url} ({self.model})"
+        return f"{without_userinfo(self.base_url)} ({self.model})"
 
     def _fail(self, kind: type[ProviderError], detail: str) -> ProviderError:
         return kind(
-            f"{self._where()}: {self._redact(detail)}", provider=NAME, service=self._service
+            self._redact(f"{self._where()}: {detail}"), provider=NAME, service=self._service
         )
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return without_userinfo(text)
 
     def _error(self, exc: openai.OpenAIError, *, streaming: bool = False) -> ProviderError:
         if isinstance(exc, openai.APITimeoutError):
