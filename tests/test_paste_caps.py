@@ -9,9 +9,12 @@ for ``USER_RATE_LIMIT``. Over a cap nothing goes upstream and nothing is stored.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from yarl import URL
 
 from bot.delivery.render import render
 from bot.i18n import EN
@@ -21,6 +24,7 @@ from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
+from tests.slow_link import SlowLink
 
 SLOW = 30.0  # a merge window no assertion could wait out by accident
 # The report's pieces came 0.3 s apart with MERGE_WINDOW=1.5: well within the window.
@@ -122,25 +126,57 @@ async def test_a_paste_that_crosses_the_rate_limit_is_dropped_whole(
     assert paste(4000, "a") not in fake_gptalk.prompts[1]
 
 
+@pytest.fixture
+async def far_link(redis_url: str) -> AsyncIterator[SlowLink]:
+    """The test's Redis as a replica far from it sees it: every answer 0.2 s late.
+    (Requested before ``make_bot``, it outlives the replicas that use it.)"""
+    link = await SlowLink(URL(redis_url).port or 6379, delay=0.2).start()
+    yield link
+    await link.aclose()
+
+
+async def paste_opened(redis: aioredis.Redis) -> None:
+    async with asyncio.timeout(10):
+        while not await redis.keys("gptalk:paste:*"):  # noqa: ASYNC110 - Redis has no event
+            await asyncio.sleep(0.005)
+
+
 async def test_back_to_back_pastes_both_reach_upstream_in_order(
-    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+    far_link: SlowLink,
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
 ) -> None:
-    # The report: with Redis, a new paste right after a complete one wiped the first
-    # one's pieces before its replica took them, and '' went upstream.
-    harness = await make_bot(merge_window=0.5, prompt_max_chars=20000)
-    ann = harness.user()
+    # The report: with Redis, the sender's next paste, opened right after one was
+    # complete, wiped the first one's pieces before the replica waiting for them took
+    # them, and '' went upstream. Here that replica is far from Redis, so the next
+    # paste always opens first; the window is long enough for the first to be in line
+    # before the second is complete.
+    settings: dict[str, Any] = {"merge_window": 3.0, "prompt_max_chars": 20000}
+    far = await make_bot(redis_url=far_link.url, replica_id="far", **settings)
+    near = await make_bot(replica_id="near", **settings)
+    ann = near.user()
+    chat = tg.private_chat(ann)
     a, b, c = paste(4000, "a"), paste(3000, "b"), paste(4000, "c")
-    first = harness.say(ann, a)
-    harness.say(ann, b)  # completes the first paste
-    second = harness.say(ann, c)  # at once: a paste of its own, waiting for the window
-    await harness.settle()
-    assert all(prompt.strip() for prompt in fake_gptalk.prompts)
+    first = tg.user_message(chat, ann, a)
+    far.feed()  # (two long polls on one token conflict, as at Telegram: replicas are fed)
+    await paste_opened(redis)
+    tg.user_message(chat, ann, b)  # completes the first paste
+    near.feed()
+    await near.settle()
+    second = tg.user_message(chat, ann, c)  # the far replica has not taken a and b yet
+    near.feed()
+    await near.settle()
+    await far.settle()
+    # Neither alone ('') nor after the history ("User: \nAssistant:") an empty question.
+    assert not [p for p in fake_gptalk.prompts if not p.strip() or p.endswith(": \nAssistant:")]
     assert len(fake_gptalk.prompts) == 2
     assert fake_gptalk.prompts[0] == f"{a}\n{b}"
     assert fake_gptalk.prompts[1] == (
         f"User: {a}\n{b}\nAssistant: {fake_gptalk.answer}\nUser: {c}\nAssistant:"
     )
-    assert harness.replies(first) == harness.replies(second) == [render(fake_gptalk.answer).text]
+    assert far.replies(first) == near.replies(second) == [render(fake_gptalk.answer).text]
 
 
 async def test_a_message_over_prompt_max_chars_is_refused_like_a_paste(

@@ -111,6 +111,10 @@ async def test_a_complete_paste_not_yet_taken_keeps_its_pieces(
     await asyncio.sleep(0.1)
     assert await other.extend(ANN, message("a2"), "a2")  # completes the first paste
     second = asyncio.create_task(other.merge(ANN, two, "b1"))
-    assert await asyncio.wait_for(first, 10) == Merged(one, "a1\na2", 2)
-    assert await asyncio.wait_for(second, 10) == Merged(two, "b1", 1)
+    one_merged, two_merged = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert isinstance(one_merged, Merged)
+    assert isinstance(two_merged, Merged)
+    assert (one_merged.first, one_merged.prompt) == (one, "a1\na2")
+    assert (two_merged.first, two_merged.prompt) == (two, "b1")
+    assert (one_merged.parts, two_merged.parts) == (2, 1)
     assert await redis.keys("test:paste:*") == []
