@@ -283,11 +283,14 @@ class Answerer:
         text: str,
         *,
         texts: Texts,
+        parts: int = 1,
     ) -> None:
         """Answer ``text`` (the user's turn) in ``conversation``, replying to ``message``;
-        notices and markers in the asker's language (``texts``)."""
+        notices and markers in the asker's language (``texts``). ``parts``: the
+        messages ``text`` was made of (a split paste), each counting for
+        ``USER_RATE_LIMIT``."""
         user_turn = Message(role="user", content=text)
-        await self._answer(bot, message, conversation, user_turn, texts)
+        await self._answer(bot, message, conversation, user_turn, texts, parts=parts)
 
     async def retry(
         self, bot: Bot, message: TgMessage, conversation: ConversationKey, *, texts: Texts
@@ -479,6 +482,7 @@ class Answerer:
         texts: Texts,
         *,
         replace: bool = False,
+        parts: int = 1,
     ) -> None:
         # In hand from the start, not only once in line: a shutdown waits for it.
         task = asyncio.current_task()
@@ -486,7 +490,7 @@ class Answerer:
         self._tasks.add(task)
         try:
             await self._answer_in_turn(
-                bot, message, conversation, user_turn, texts, replace=replace
+                bot, message, conversation, user_turn, texts, replace=replace, parts=parts
             )
         finally:
             self._tasks.discard(task)
@@ -500,6 +504,7 @@ class Answerer:
         texts: Texts,
         *,
         replace: bool,
+        parts: int,
     ) -> None:
         if self.unwritable.covers(conversation):
             log.debug("not answering in %s: the bot may not write there", conversation)
@@ -511,7 +516,7 @@ class Answerer:
         # it: one user's notice must not hold up the others' prompts.
         await self.arrivals.turn(conversation, message.message_id)
         async with self._gate.hold(conversation):
-            decision = await self._rate_limit(message)
+            decision = await self._rate_limit(message, parts)
             allowed = decision is None or decision.verdict is Verdict.ALLOW
             ticket = (
                 await self._line.enter(conversation, asker, order=message.message_id)
@@ -625,15 +630,16 @@ class Answerer:
         log.info("answering a prompt in chat %s for a replica that stopped", queued.message.chat.id)
         await self._in_line(bot, queued)
 
-    async def _rate_limit(self, message: TgMessage) -> Decision | None:
-        """USER_RATE_LIMIT's decision for this prompt (None: not limited). Messages
-        sent on behalf of a chat count for that chat, and are never admin-exempt."""
+    async def _rate_limit(self, message: TgMessage, parts: int) -> Decision | None:
+        """USER_RATE_LIMIT's decision for this prompt of ``parts`` messages (None: not
+        limited). Messages sent on behalf of a chat count for that chat, and are never
+        admin-exempt."""
         if self.user_limits is None:
             return None
         user = message.from_user
         if message.sender_chat is None and (user is None or user.id in self.admin_ids):
             return None
-        return await self.user_limits.hit(asker_of(message))
+        return await self.user_limits.hit(asker_of(message), parts)
 
     async def _generate(
         self,
@@ -654,7 +660,13 @@ class Answerer:
                 await message.reply(texts.nothing_to_retry)
                 return
             turns = turns[: question + 1]  # the conversation as it stood then
+            if not turns[-1]["content"].strip():
+                await self._refuse_empty(message, texts)
+                return
         else:
+            if not user_turn["content"].strip():
+                await self._refuse_empty(message, texts)
+                return
             turn = Turn(role=user_turn["role"], content=user_turn["content"], asker=asker)
             # Held so that answers starting together in a group see each other's
             # questions in arrival order.
@@ -743,6 +755,12 @@ class Answerer:
                 )
         except RedisError as exc:  # the user has the answer; only the memory of it is lost
             log.warning("answer in chat %s not stored: Redis failed (%s)", message.chat.id, exc)
+
+    async def _refuse_empty(self, message: TgMessage, texts: Texts) -> None:
+        # Handlers refuse empty prompts; reaching here is a bug upstream of this
+        # (a paste that lost its pieces once sent '' to the model and stored it).
+        log.warning("not answering an empty prompt in chat %s", message.chat.id)
+        await message.reply(texts.empty_prompt)
 
     async def _deltas(
         self, prompt: list[Message], texts: Texts, observed: AnswerMetrics

@@ -40,7 +40,7 @@ from bot.conversation.arrivals import Arrivals
 from bot.conversation.control import Control, LocalControl, RedisControl
 from bot.conversation.handback import HandBacks
 from bot.conversation.line import Lines
-from bot.conversation.paste_merger import MemoryPasteMerger, PasteMerger
+from bot.conversation.paste_merger import MemoryPasteMerger, PasteLimits, PasteMerger
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_line import RedisLine
 from bot.conversation.redis_paste import RedisPasteMerger
@@ -205,7 +205,8 @@ async def build_application(
     handbacks: HandBacks | None = None  # None: a stopping process has nobody to hand to
     control: Control = LocalControl()
     subscriber: Subscriber | None = None
-    paste_merger: PasteMerger = MemoryPasteMerger(settings.merge_window)
+    paste_limits = PasteLimits(settings.paste_max_parts, settings.prompt_max_chars)
+    paste_merger: PasteMerger = MemoryPasteMerger(settings.merge_window, paste_limits)
     if settings.redis_url:
         redis = await connect_redis(settings.redis_url)
         # Replicas share who answers when, and hear each other's /stop and /new.
@@ -222,7 +223,9 @@ async def build_application(
             redis, keys, subscriber, redis_line, interval=settings.journal_lease / 3
         )
         control = RedisControl(redis, keys, subscriber)
-        paste_merger = RedisPasteMerger(redis, keys, subscriber, settings.merge_window)
+        paste_merger = RedisPasteMerger(
+            redis, keys, subscriber, settings.merge_window, paste_limits
+        )
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )

@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     group_max_concurrent: int = Field(5, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0, allow_inf_nan=False)
     merge_window: float = Field(1.5, gt=0, allow_inf_nan=False)
+    paste_max_parts: int = Field(8, ge=1)
     # Test-only: seconds a silent process still counts as alive, so that the crash
     # tests need not wait the production lease out (bot/delivery/journal.py).
     journal_lease: float = Field(15.0, ge=0.3, le=3600, allow_inf_nan=False)

@@ -39,6 +39,7 @@ VARIABLES = (
     "USER_RATE_LIMIT",
     "SHUTDOWN_TIMEOUT",
     "MERGE_WINDOW",
+    "PASTE_MAX_PARTS",
     "WEBHOOK_URL",
     "WEBHOOK_SECRET",
     "WEBHOOK_HOST",
@@ -100,6 +101,7 @@ def test_defaults(token: str) -> None:
     assert settings.user_rate_limit == 10
     assert settings.shutdown_timeout == 30
     assert settings.merge_window == 1.5
+    assert settings.paste_max_parts == 8
     assert settings.log_level == "INFO"
 
 
@@ -127,6 +129,7 @@ def test_every_variable_is_read_from_the_environment(
         "USER_RATE_LIMIT": "0",
         "SHUTDOWN_TIMEOUT": "0",
         "MERGE_WINDOW": "0.8",
+        "PASTE_MAX_PARTS": "3",
         "LOG_LEVEL": "WARNING",
     }
     for name, value in env.items():
@@ -152,6 +155,7 @@ def test_every_variable_is_read_from_the_environment(
     assert settings.user_rate_limit == 0
     assert settings.shutdown_timeout == 0
     assert settings.merge_window == 0.8
+    assert settings.paste_max_parts == 3
     assert settings.log_level == "WARNING"
 
 
@@ -268,6 +272,10 @@ BAD_NUMBERS = [
     ("MERGE_WINDOW", "0"),
     ("MERGE_WINDOW", "-1"),
     ("MERGE_WINDOW", "inf"),
+    ("PASTE_MAX_PARTS", "many"),
+    ("PASTE_MAX_PARTS", "0"),
+    ("PASTE_MAX_PARTS", "-1"),
+    ("PASTE_MAX_PARTS", "2.5"),
 ]
 
 

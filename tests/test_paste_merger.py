@@ -10,6 +10,7 @@ from aiogram.types import Message
 from bot.conversation.paste_merger import (
     NEAR_LIMIT,
     MemoryPasteMerger,
+    Merged,
     PasteKey,
     near_limit,
     sender_of,
@@ -47,14 +48,14 @@ async def test_short_message_passes_at_once() -> None:
     merger = MemoryPasteMerger(window=60)
     first = message("hello")
     merged = await asyncio.wait_for(merger.merge(ANN, first, "hello"), 1)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert (merged.first, merged.prompt) == (first, "hello")
 
 
 async def test_long_message_alone_waits_for_the_window() -> None:
     merger = MemoryPasteMerger(window=0.05)
     merged = await asyncio.wait_for(merger.merge(ANN, message(LONG), "a"), 5)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert merged.prompt == "a"
     # The paste is over: the next message is a prompt of its own.
     assert not await merger.extend(ANN, message("b"), "b")
@@ -70,7 +71,7 @@ async def test_pieces_join_the_waiting_paste() -> None:
     assert not leader.done()
     assert await merger.extend(ANN, message("c"), "c")  # short: the last piece
     merged = await asyncio.wait_for(leader, 1)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert (merged.first, merged.prompt) == (first, "a\nb\nc")
     assert not await merger.extend(ANN, message("d"), "d")
 
@@ -83,7 +84,7 @@ async def test_a_near_limit_piece_extends_the_window() -> None:
     await asyncio.sleep(0.2)  # past the first deadline, within the extended one
     assert await merger.merge(ANN, message("c"), "c") is None
     merged = await asyncio.wait_for(leader, 5)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert merged.prompt == "a\nb\nc"
 
 
@@ -97,7 +98,7 @@ async def test_a_piece_overtaking_its_long_predecessor_still_joins_it() -> None:
         assert not follower.done()  # waits for the long one to be decided
         merged = await asyncio.wait_for(merger.merge(ANN, first, "long"), 1)
         assert await follower is None
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert (merged.first, merged.prompt) == (first, "long\nrest")
 
 
@@ -110,5 +111,5 @@ async def test_a_long_message_that_is_no_prompt_releases_what_follows() -> None:
             await asyncio.sleep(0.05)
             assert not follower.done()
         merged = await asyncio.wait_for(follower, 1)  # no paste started: a prompt of its own
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert merged.prompt == "rest"

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiogram.types import Message
 
-from bot.conversation.paste_merger import NEAR_LIMIT, PasteKey
+from bot.conversation.paste_merger import NEAR_LIMIT, Merged, PasteKey
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_paste import RedisPasteMerger
 from bot.storage.keys import ConversationKey, Keys
@@ -69,7 +69,7 @@ async def test_pieces_at_three_replicas_make_one_prompt(
     assert await c.extend(ANN, message("c"), "c")  # short: the last piece
     # The announcement ends the wait long before the 30 s window.
     merged = await asyncio.wait_for(leader, 5)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert (merged.first, merged.prompt) == (first, "a\nb\nc")
     assert not await b.extend(ANN, message("d"), "d")  # the paste is over
     assert await redis.keys("test:paste:*") == []
@@ -83,16 +83,38 @@ async def test_pieces_are_joined_in_message_id_order(replicas: Replicas) -> None
     assert await c.merge(ANN, third, "c") is None  # the third reached its replica first
     assert await b.merge(ANN, second, "b") is None
     merged = await asyncio.wait_for(leader, 5)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert merged.prompt == "a\nb\nc"
 
 
 async def test_a_long_message_alone_waits_out_the_window(replicas: Replicas) -> None:
     a, b = [await replicas.merger(window=0.2) for _ in range(2)]
     merged = await asyncio.wait_for(a.merge(ANN, message(LONG), "a"), 5)
-    assert merged is not None
+    assert isinstance(merged, Merged)
     assert merged.prompt == "a"
     assert not await b.extend(ANN, message("b"), "b")
     short = await b.merge(ANN, message("hi"), "hi")
-    assert short is not None
+    assert isinstance(short, Merged)
     assert short.prompt == "hi"
+
+
+async def test_a_complete_paste_not_yet_taken_keeps_its_pieces(
+    replicas: Replicas, redis: aioredis.Redis
+) -> None:
+    # The replica that waits has not heard that its paste is complete (pub/sub is at
+    # most once: it looks again at its deadline) when the sender's next paste opens.
+    deaf = Subscriber(redis)  # never started
+    owner = RedisPasteMerger(redis, Keys("test"), deaf, window=0.5)
+    other = await replicas.merger(window=0.5)
+    one, two = message(LONG), message(LONG)
+    first = asyncio.create_task(owner.merge(ANN, one, "a1"))
+    await asyncio.sleep(0.1)
+    assert await other.extend(ANN, message("a2"), "a2")  # completes the first paste
+    second = asyncio.create_task(other.merge(ANN, two, "b1"))
+    one_merged, two_merged = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert isinstance(one_merged, Merged)
+    assert isinstance(two_merged, Merged)
+    assert (one_merged.first, one_merged.prompt) == (one, "a1\na2")
+    assert (two_merged.first, two_merged.prompt) == (two, "b1")
+    assert (one_merged.parts, two_merged.parts) == (2, 1)
+    assert await redis.keys("test:paste:*") == []

@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from bot.storage.keys import Keys
 from bot.storage.stats import COUNTERS, MemoryStats, RedisStats, keep_refreshing
 from bot.storage.user_limits import (
+    Decision,
     MemoryUserLimits,
     RedisUserLimits,
     UserLimits,
@@ -194,6 +195,33 @@ async def test_notice_tells_when_to_retry(make_limits: LimitsFactory) -> None:
     notice = await limits.hit(1)
     assert notice.verdict is Verdict.NOTIFY
     assert 0.1 < notice.retry_in <= 0.35
+
+
+async def test_a_prompt_of_several_messages_counts_each_or_none(
+    make_limits: LimitsFactory,
+) -> None:
+    # A split paste: one prompt, several messages.
+    limits = await make_limits(3, 60.0)
+    assert (await limits.hit(1, 2)).verdict is Verdict.ALLOW
+    refused = await limits.hit(1, 2)  # one slot left: refused whole
+    assert refused.verdict is Verdict.NOTIFY
+    assert 55 < refused.retry_in <= 60
+    assert (await limits.hit(1, 2)).verdict is Verdict.IGNORE
+    # The refused ones took nothing: the last slot is still there.
+    assert await verdicts(limits, 1, 2) == [Verdict.ALLOW, Verdict.IGNORE]
+
+
+async def test_a_prompt_waits_until_enough_slots_are_free(make_limits: LimitsFactory) -> None:
+    limits = await make_limits(3, 0.6)
+    assert (await limits.hit(1)).verdict is Verdict.ALLOW
+    await asyncio.sleep(0.3)
+    assert await verdicts(limits, 1, 2) == [Verdict.ALLOW, Verdict.ALLOW]
+    # Two messages need the two oldest slots: the second frees at ~0.6 s from now.
+    notice = await limits.hit(1, 2)
+    assert notice.verdict is Verdict.NOTIFY
+    assert 0.45 < notice.retry_in <= 0.6
+    # More messages than the limit never fit: told to wait a whole window.
+    assert (await limits.hit(2, 4)) == Decision(Verdict.NOTIFY, 0.6)
 
 
 async def test_redis_limits_are_shared_and_expire(redis: aioredis.Redis) -> None:

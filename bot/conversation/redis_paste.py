@@ -1,13 +1,18 @@
 """Merging split pastes whose pieces reach different replicas (see ``paste_merger.py``).
 
-The replica that gets the first near-limit piece opens the paste in Redis — a hash
-with its deadline, and a list of pieces — and waits for the window; pieces that
-reach any replica meanwhile are appended there (and push the deadline back while
-they are near the limit themselves; a shorter one completes the paste). Each
-append is announced on ``P:paste``, so the waiting replica learns at once that the
-paste is complete. Then it takes the pieces atomically (a late piece finds the
-paste gone and is a prompt of its own) and answers them, in message id order, as
-one prompt.
+The replica that gets the first near-limit piece opens a paste in Redis under an id
+of its own, and waits for the window; pieces that reach any replica meanwhile are
+added to the paste open for their sender (and push its deadline back while they
+are near the limit themselves; a shorter one completes it). Each addition is
+announced on ``P:paste``, so the waiting replica learns at once that its paste is
+complete. Then it takes its pieces atomically and answers them, in message id
+order, as one prompt. A piece that finds no open paste is a prompt of its own, or
+opens the next paste: the pieces of a paste that is complete but not yet taken
+stay where they are, under their paste's id.
+
+Everything of one sender is one hash, so that every script touches a single key it
+is given: ``open`` names the paste taking pieces, and ``{id}:…`` fields hold each
+paste's deadline, state, counts and pieces.
 
 Within one process the pieces still keep their arrival order through aiogram's
 threaded filters (:class:`~bot.conversation.paste_merger.ArrivalOrder`).
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import secrets
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
@@ -25,90 +32,134 @@ from aiogram.types import Message
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from bot.conversation.paste_merger import JOINER, ArrivalOrder, Merged, PasteKey, near_limit
+from bot.conversation.paste_merger import (
+    JOINER,
+    ArrivalOrder,
+    Merged,
+    PasteKey,
+    PasteLimits,
+    Tally,
+    TooLong,
+    alone,
+    near_limit,
+    outcome,
+)
 from bot.storage.keys import Keys
 
 from .pubsub import Subscriber
 
 __all__ = ["RedisPasteMerger"]
 
-# KEYS = paste hash, pieces list; ARGV[1..3] = window (ms), channel, paste key.
+log = logging.getLogger(__name__)
+
+# KEYS[1] = the sender's pastes (hash).
+# ARGV[1..5] = window (ms), channel, the joiner's length, PASTE_MAX_PARTS, PROMPT_MAX_CHARS.
 _PRELUDE: Final = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local window = tonumber(ARGV[1])
-local function open()
-  local state = redis.call('HMGET', KEYS[1], 'deadline', 'complete')
+local function waiting(id)
+  local state = redis.call('HMGET', KEYS[1], id .. ':deadline', id .. ':complete')
   return state[1] and state[2] == '0' and tonumber(state[1]) >= now
 end
-local function keep()
-  redis.call('PEXPIRE', KEYS[1], 4 * window + 1000)
-  redis.call('PEXPIRE', KEYS[2], 4 * window + 1000)
+local function open()
+  local id = redis.call('HGET', KEYS[1], 'open')
+  if id and waiting(id) then return id end
+  return nil
 end
--- ARGV[4..5] = piece (JSON), near the limit (1/0)
-local function append()
-  redis.call('RPUSH', KEYS[2], ARGV[4])
-  if ARGV[5] == '1' then
-    redis.call('HSET', KEYS[1], 'deadline', now + window)
-  else
-    redis.call('HSET', KEYS[1], 'complete', '1')
+-- ARGV[6..8] = piece (JSON), near the limit (1/0), its characters. As Tally.add
+-- (paste_merger.py): pieces beyond a cap are only counted.
+local function add(id)
+  local parts = redis.call('HINCRBY', KEYS[1], id .. ':parts', 1)
+  local joiner = parts > 1 and tonumber(ARGV[3]) or 0
+  local chars = redis.call('HINCRBY', KEYS[1], id .. ':chars', tonumber(ARGV[8]) + joiner)
+  if parts <= tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], id .. ':kept', chars)
+    if chars <= tonumber(ARGV[5]) then redis.call('HSET', KEYS[1], id .. ':' .. parts, ARGV[6]) end
   end
-  keep()
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  if ARGV[7] == '1' then
+    redis.call('HSET', KEYS[1], id .. ':deadline', now + window)
+  else
+    redis.call('HSET', KEYS[1], id .. ':complete', '1')
+  end
+  redis.call('PEXPIRE', KEYS[1], 4 * window + 1000)
 end
 """
 
-# Append to an open paste: 1, else 0.
+# Add to the open paste (announced): 1; no paste open: 0.
 _EXTEND: Final = (
     _PRELUDE
     + """
-if not open() then return 0 end
-append()
+local id = open()
+if not id then return 0 end
+add(id)
+redis.call('PUBLISH', ARGV[2], id)
 return 1
 """
 )
 
-# Join an open paste (0), or open one with this piece (1).
+# Join the open paste (0), or open paste ARGV[9] with this piece (1).
 _START: Final = (
     _PRELUDE
     + """
-if open() then
-  append()
+local id = open()
+if id then
+  add(id)
+  redis.call('PUBLISH', ARGV[2], id)
   return 0
 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'deadline', now + window, 'complete', '0')
-redis.call('RPUSH', KEYS[2], ARGV[4])
-keep()
+redis.call('HSET', KEYS[1], 'open', ARGV[9], ARGV[9] .. ':complete', '0')
+add(ARGV[9])
 return 1
 """
 )
 
-# ms left to wait: 0 once complete or past the deadline.
+# ARGV[6] = a paste's id: ms left to wait for it, 0 once complete or past the deadline.
 _LEFT: Final = (
     _PRELUDE
     + """
-if not open() then return 0 end
-return math.max(1, tonumber(redis.call('HGET', KEYS[1], 'deadline')) - now)
+if not waiting(ARGV[6]) then return 0 end
+return math.max(1, tonumber(redis.call('HGET', KEYS[1], ARGV[6] .. ':deadline')) - now)
 """
 )
 
-# Close the paste and take its pieces.
+# ARGV[6] = a paste's id: take it, as {parts, chars, kept, piece…} (kept pieces, in
+# the order they came: the first ones).
 _COLLECT: Final = (
     _PRELUDE
     + """
-local pieces = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[1], KEYS[2])
-return pieces
+local id = ARGV[6]
+local tally = redis.call('HMGET', KEYS[1], id .. ':parts', id .. ':chars', id .. ':kept')
+local taken = {tonumber(tally[1]) or 0, tonumber(tally[2]) or 0, tonumber(tally[3]) or 0}
+local fields = {id .. ':deadline', id .. ':complete', id .. ':parts', id .. ':chars', id .. ':kept'}
+local n = 1
+while true do
+  local piece = redis.call('HGET', KEYS[1], id .. ':' .. n)
+  if not piece then break end
+  table.insert(taken, piece)
+  table.insert(fields, id .. ':' .. n)
+  n = n + 1
+end
+redis.call('HDEL', KEYS[1], unpack(fields))
+if redis.call('HGET', KEYS[1], 'open') == id then redis.call('HDEL', KEYS[1], 'open') end
+return taken
 """
 )
 
 
 class RedisPasteMerger:
-    def __init__(self, redis: Redis, keys: Keys, subscriber: Subscriber, window: float = 1.5):
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        subscriber: Subscriber,
+        window: float = 1.5,
+        limits: PasteLimits | None = None,
+    ) -> None:
         self._redis, self._keys, self._window = redis, keys, window
+        self._limits = limits or PasteLimits()
         self._order = ArrivalOrder()
-        self._waiting: dict[str, asyncio.Event] = {}  # paste key -> set on each announcement
+        self._waiting: dict[str, asyncio.Event] = {}  # paste id -> set on each announcement
         self._extend = redis.register_script(_EXTEND)
         self._start = redis.register_script(_START)
         self._left = redis.register_script(_LEFT)
@@ -123,43 +174,55 @@ class RedisPasteMerger:
         return self._order.arriving(key, message)
 
     async def _call(self, script: AsyncScript, key: PasteKey, *args: str | int) -> Any:
-        paste, pieces = self._keys.paste(key.conversation, key.sender)
         return await script(
-            keys=[paste, pieces],
-            args=[max(1, round(self._window * 1000)), self._keys.paste_channel, paste, *args],
+            keys=[self._keys.paste(key.conversation, key.sender)],
+            args=[
+                max(1, round(self._window * 1000)),
+                self._keys.paste_channel,
+                len(JOINER),
+                self._limits.max_parts,
+                self._limits.max_chars,
+                *args,
+            ],
         )
 
     @staticmethod
-    def _piece(message: Message, prompt: str) -> tuple[str, int]:
+    def _piece(message: Message, prompt: str) -> tuple[str, int, int]:
         piece = json.dumps({"id": message.message_id, "text": prompt}, ensure_ascii=False)
-        return piece, int(near_limit(message))
+        return piece, int(near_limit(message)), len(prompt)
 
     async def extend(self, key: PasteKey, message: Message, prompt: str) -> bool:
         await self._order.after_earlier_pieces(key, message)
         return bool(await self._call(self._extend, key, *self._piece(message, prompt)))
 
-    async def merge(self, key: PasteKey, message: Message, prompt: str) -> Merged | None:
+    async def merge(self, key: PasteKey, message: Message, prompt: str) -> Merged | TooLong | None:
         if await self.extend(key, message, prompt):
             return None
         if not near_limit(message):
-            return Merged(message, prompt)
-        name = self._keys.paste(key.conversation, key.sender)[0]
-        announced = self._waiting[name] = asyncio.Event()
+            return alone(message, prompt, self._limits)
+        paste = secrets.token_hex(8)
+        announced = self._waiting[paste] = asyncio.Event()
         try:
-            if not await self._call(self._start, key, *self._piece(message, prompt)):
-                return None  # another replica opened it a moment ago: joined
+            if not await self._call(self._start, key, *self._piece(message, prompt), paste):
+                return None  # another replica opened one a moment ago: joined
             self._order.started(key, message)
             while True:
                 announced.clear()  # before looking: an announcement meanwhile is kept
-                left = int(await self._call(self._left, key))
+                left = int(await self._call(self._left, key, paste))
                 if left <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left / 1000):
                         await announced.wait()
-            raw = await self._call(self._collect, key)
+            parts, chars, kept, *raw = await self._call(self._collect, key, paste)
         finally:
-            if self._waiting.get(name) is announced:
-                del self._waiting[name]
+            del self._waiting[paste]
+        if not parts:
+            # Expired before it was taken (this process stalled for several windows):
+            # what is left is this piece.
+            log.warning("a paste in chat %s expired before it was answered", message.chat.id)
+            return alone(message, prompt, self._limits)
         pieces = sorted((json.loads(piece) for piece in raw), key=lambda piece: piece["id"])
-        return Merged(message, JOINER.join(piece["text"] for piece in pieces))
+        return outcome(
+            message, [piece["text"] for piece in pieces], Tally(parts, chars, kept), self._limits
+        )

@@ -8,7 +8,7 @@ from aiogram.types import Message
 
 from bot.addressing import user_turn
 from bot.answering import Answerer
-from bot.conversation.paste_merger import PasteKey, PasteMerger, near_limit, sender_of
+from bot.conversation.paste_merger import PasteKey, PasteMerger, TooLong, near_limit, sender_of
 from bot.i18n import Texts
 from bot.storage.keys import ConversationKey
 
@@ -33,9 +33,15 @@ async def ask(
     merged = await paste_merger.merge(PasteKey(conversation, sender_of(message)), message, prompt)
     if merged is None:
         return
-    me = await bot.me()
     first = merged.first
+    if isinstance(merged, TooLong):
+        # Not cut to fit: the model would answer the part as if it were the whole.
+        await first.reply(texts.too_long.format(chars=merged.chars, limit=merged.limit))
+        return
+    if not merged.prompt.strip():
+        await first.reply(texts.empty_prompt)
+        return
+    me = await bot.me()
     group = first.chat.type != ChatType.PRIVATE
-    await answerer.prompt(
-        bot, first, conversation, user_turn(first, merged.prompt, me, group=group), texts=texts
-    )
+    turn = user_turn(first, merged.prompt, me, group=group)
+    await answerer.prompt(bot, first, conversation, turn, texts=texts, parts=merged.parts)

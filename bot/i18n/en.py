@@ -39,6 +39,7 @@ EN = Texts(
     busy="⏳ I'm still answering your previous messages; send this one again in a moment.",
     busy_group="⏳ I'm still answering earlier questions here; ask again in a moment.",
     slow_down="🐢 You're sending messages faster than I can answer. Try again in {seconds} s.",
+    too_long="Your message has {chars} characters; I can take {limit}. Send it as a file.",
     nothing_to_retry="There is nothing to retry yet: send me a message first.",
     restarting=(
         "🔄 The bot is restarting and skipped this message: please send it again in a minute."

@@ -44,6 +44,7 @@ class Texts:
     busy: str
     busy_group: str
     slow_down: str
+    too_long: str  # a prompt (a split paste) over PASTE_MAX_PARTS or PROMPT_MAX_CHARS
     nothing_to_retry: str
     restarting: str
     missed: str  # a message that waited while the bot was offline

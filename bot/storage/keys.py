@@ -122,14 +122,14 @@ class Keys:
         """List where every replica reports what one command did (expires)."""
         return f"{self.prefix}:control:{request}"
 
-    def paste(self, conversation: ConversationKey, sender: int) -> tuple[str, str]:
-        """A paste being merged (``bot/conversation/redis_paste.py``):
-        ``P:paste:{c}:{sender}`` (hash: ``deadline`` ms, ``complete``) and
-        ``P:paste:{c}:{sender}:pieces`` (list of JSON pieces)."""
-        base = f"{self.prefix}:paste:{conversation}:{sender}"
-        return base, f"{base}:pieces"
+    def paste(self, conversation: ConversationKey, sender: int) -> str:
+        """A sender's split pastes being merged (``bot/conversation/redis_paste.py``):
+        ``P:paste:{c}:{sender}``, a hash of ``open`` (the id of the paste taking
+        pieces) and, per paste id, ``{id}:deadline`` (ms), ``{id}:complete``,
+        ``{id}:parts``, ``{id}:chars`` and its pieces ``{id}:1``, ``{id}:2``…"""
+        return f"{self.prefix}:paste:{conversation}:{sender}"
 
     @property
     def paste_channel(self) -> str:
-        """Pub/sub channel: a paste got a piece or was decided (the message is its key)."""
+        """Pub/sub channel: a paste got a piece (the message is the paste's id)."""
         return f"{self.prefix}:paste"

@@ -3,6 +3,9 @@
 A user over the limit gets one polite notice per flood, not one per message: the
 first refused prompt is answered, the rest are ignored until the window frees a
 slot. Refused prompts do not count, so waiting is enough to be answered again.
+
+A prompt made of several messages (a split paste) counts once per message, all or
+nothing: one that does not fit whole is refused whole.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -37,8 +40,9 @@ class Decision:
 
 
 class UserLimits(Protocol):
-    async def hit(self, user_id: int) -> Decision:
-        """Count one prompt of ``user_id`` if it is within the limit.
+    async def hit(self, user_id: int, count: int = 1) -> Decision:
+        """Count a prompt of ``user_id`` made of ``count`` messages if all of them are
+        within the limit; otherwise count none.
 
         The id is the sender's: a user's, or a chat's (negative) for messages sent on
         behalf of a chat.
@@ -64,35 +68,51 @@ class MemoryUserLimits:
         # allowed prompts refresh it, which keeps the map in expiry order.
         self._users: ExpiringMap[int, _Window] = ExpiringMap(window, clock=clock)
 
-    async def hit(self, user_id: int) -> Decision:
+    async def hit(self, user_id: int, count: int = 1) -> Decision:
         now = self._clock()
         state = self._users.get(user_id) or _Window()
         hits = state.hits
         while hits and hits[0] <= now - self._window:
             hits.popleft()
-        if len(hits) < self._limit:
-            hits.append(now)
+        if len(hits) + count <= self._limit:
+            hits.extend([now] * count)
             self._users.put(user_id, state)
             return Decision(Verdict.ALLOW)
-        retry_in = hits[0] + self._window - now
+        retry_in = _retry_in(hits, count, self._limit, self._window, now)
         if state.told_until > now:
             return Decision(Verdict.IGNORE, retry_in)
         state.told_until = now + retry_in
         return Decision(Verdict.NOTIFY, retry_in)
 
 
+def _retry_in(hits: Sequence[float], count: int, limit: int, window: float, now: float) -> float:
+    """Seconds until ``count`` more would fit, once enough of ``hits`` (oldest first)
+    have left the window. More than the limit never fits; the best there is to tell
+    is when all have left, or a whole window."""
+    leave = min(len(hits), len(hits) + count - limit)
+    return hits[leave - 1] + window - now if leave > 0 else window
+
+
 # KEYS: the user's sorted set of prompt times, the "told" flag.
-# ARGV: now (ms), window (ms), limit, a unique member.
+# ARGV: now (ms), window (ms), limit, a unique member, messages in the prompt.
 _HIT: Final = """
 local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local count = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
+local held = redis.call('ZCARD', KEYS[1])
+if held + count <= limit then
+  for i = 1, count do redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i) end
   redis.call('PEXPIRE', KEYS[1], window)
   return {0, 0}
 end
-local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-local retry = math.max(1, oldest + window - now)
+-- As _retry_in in Python.
+local leave = math.min(held, held + count - limit)
+local retry = window
+if leave > 0 then
+  local last = redis.call('ZRANGE', KEYS[1], leave - 1, leave - 1, 'WITHSCORES')
+  retry = tonumber(last[2]) + window - now
+end
+retry = math.max(1, retry)
 if redis.call('SET', KEYS[2], '1', 'NX', 'PX', retry) then return {1, retry} end
 return {2, retry}
 """
@@ -103,10 +123,16 @@ class RedisUserLimits:
         self._keys, self._limit, self._window_ms = keys, limit, int(window * 1000)
         self._script = redis.register_script(_HIT)
 
-    async def hit(self, user_id: int) -> Decision:
+    async def hit(self, user_id: int, count: int = 1) -> Decision:
         key = self._keys.user_prompts(user_id)
         verdict, retry_ms = await self._script(
             keys=[key, f"{key}:told"],
-            args=[int(time.time() * 1000), self._window_ms, self._limit, secrets.token_hex(8)],
+            args=[
+                int(time.time() * 1000),
+                self._window_ms,
+                self._limit,
+                secrets.token_hex(8),
+                count,
+            ],
         )
         return Decision(Verdict(int(verdict)), int(retry_ms) / 1000)
