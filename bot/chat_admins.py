@@ -21,7 +21,7 @@ from aiogram.types import ChatMemberAdministrator, ChatMemberOwner, Message
 
 from bot.storage.expiry import ExpiringMap
 
-__all__ = ["ADMIN_TTL", "ChatAdmins", "ChatAdminsUnavailableError", "IsChatAdmin"]
+__all__ = ["ADMIN_TTL", "ChatAdmins", "ChatAdminsUnavailableError", "IsAdmin", "IsChatAdmin"]
 
 ADMIN_TTL = 60.0  # seconds an answer of getChatMember is trusted
 
@@ -79,19 +79,36 @@ class ChatAdmins:
         return await self.is_admin(bot, message.chat.id, message.from_user.id)
 
 
+class IsAdmin(Filter):
+    """Passes messages the bot's own admins (``ADMIN_IDS``) wrote themselves: not sent as
+    a chat, not forwarded, not from a bot."""
+
+    def __init__(self, admin_ids: frozenset[int]) -> None:
+        self._admin_ids = admin_ids
+
+    async def __call__(self, message: Message) -> bool:
+        user = message.from_user
+        return (
+            user is not None
+            and not user.is_bot
+            and user.id in self._admin_ids
+            and message.sender_chat is None
+            and message.forward_origin is None
+        )
+
+
 class IsChatAdmin(Filter):
     """Passes messages from the chat's administrators and from the bot's admins
-    (``ADMIN_IDS``, writing as themselves); in private chats, every message.
+    (``ADMIN_IDS``, as :class:`IsAdmin`); in private chats, every message.
 
     When Telegram cannot tell, :class:`ChatAdminsUnavailableError` goes on to the
     errors router, which tells the sender that nothing was done.
     """
 
     def __init__(self, admin_ids: frozenset[int]) -> None:
-        self._admin_ids = admin_ids
+        self._bot_admin = IsAdmin(admin_ids)
 
     async def __call__(self, message: Message, bot: Bot, chat_admins: ChatAdmins) -> bool:
-        user = message.from_user
-        if user is not None and message.sender_chat is None and user.id in self._admin_ids:
+        if await self._bot_admin(message):
             return True  # no call to Telegram for the bot's own admins
         return await chat_admins.sent_by_admin(bot, message)

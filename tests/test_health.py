@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from tests.bot_process import bot_env, start_bot
 from tests.fake_gptalk import FakeGPTalk
@@ -29,15 +27,9 @@ from tests.webhook_process import (
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_redis(redis: aioredis.Redis) -> None:
-    """Flushed: every fake Bot API numbers its updates from 1, and claims last 24 h."""
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
+# Redis flushed for each test: every fake Bot API numbers its updates from 1, and claims
+# last 24 h.
+pytestmark = pytest.mark.usefixtures("redis")
 
 
 async def stop(proc: asyncio.subprocess.Process) -> str:

@@ -8,12 +8,10 @@ import json
 import re
 import shutil
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from bot.delivery.render import render
 from tests.bot_process import bot_env, start_bot
@@ -30,16 +28,9 @@ from tests.webhook_process import (
     webhook_env,
 )
 
-
-@pytest.fixture(autouse=True)
-def _fresh_redis(redis: aioredis.Redis) -> None:
-    """Flushed: every fake Bot API numbers its updates from 1, and claims last 24 h."""
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
+# Redis flushed for each test: every fake Bot API numbers its updates from 1, and claims
+# last 24 h.
+pytestmark = pytest.mark.usefixtures("redis")
 
 
 async def test_webhook_answers_with_health_metrics_and_json_logs(

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from bot.transport.webhook import ForgedLog
 from tests.bot_process import start_bot
@@ -24,9 +23,9 @@ SECRET_HEADER = b"X-Telegram-Bot-Api-Secret-Token"
 JSON = b"application/json"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_redis(redis: aioredis.Redis) -> None:
-    """Flushed: every fake Bot API numbers its updates from 1, and claims last 24 h."""
+# Redis flushed for each test: every fake Bot API numbers its updates from 1, and claims
+# last 24 h.
+pytestmark = pytest.mark.usefixtures("redis")
 
 
 class Replica:

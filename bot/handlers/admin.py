@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 
 from aiogram import F, Router
 from aiogram.enums import ChatType
-from aiogram.filters import Command, Filter
+from aiogram.filters import Command
 from aiogram.types import BotCommand, Message
 
+from bot.chat_admins import IsAdmin
 from bot.config import Settings
 from bot.i18n import Texts
 from bot.lag import LagProbe
@@ -34,21 +35,6 @@ def admin_commands(texts: Texts) -> list[BotCommand]:
         BotCommand(command="reset_token", description=texts.cmd_reset_token),
         BotCommand(command="stats", description=texts.cmd_stats),
     ]
-
-
-class IsAdmin(Filter):
-    def __init__(self, admin_ids: frozenset[int]) -> None:
-        self._admin_ids = admin_ids
-
-    async def __call__(self, message: Message) -> bool:
-        user = message.from_user
-        return (
-            user is not None
-            and not user.is_bot
-            and user.id in self._admin_ids
-            and message.sender_chat is None
-            and message.forward_origin is None
-        )
 
 
 def _when(timestamp: float | None, texts: Texts) -> str:
