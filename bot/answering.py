@@ -44,6 +44,7 @@ from .observability import AnswerMetrics, Metrics
 from .providers import LLM, ProviderError, notice_for
 from .storage.history import HistoryStore, Turn, question_index
 from .storage.keys import ConversationKey
+from .storage.last_prompts import LastPrompts, MemoryLastPrompts
 from .storage.stats import MemoryStats, Stats
 from .storage.user_limits import Decision, UserLimits, Verdict
 from .unwritable import Unwritable
@@ -230,6 +231,9 @@ class Answerer:
     admin_ids: frozenset[int] = frozenset()  # ADMIN_IDS: no USER_RATE_LIMIT, may stop any answer
     unwritable: Unwritable = field(default_factory=Unwritable)
     journal: Journal = field(default_factory=MemoryJournal)  # answers in flight
+    # Whose edit is answered anew: shared by replicas (this process's records of
+    # waiting and running prompts are not: they hold the live answer).
+    last_prompts: LastPrompts = field(default_factory=MemoryLastPrompts)
     metrics: Metrics = field(default_factory=Metrics)
     # Who answers when; None: this process's own Line. With replicas, a RedisLine
     # (built with the same conversation_limits) and a RedisControl.
@@ -390,18 +394,22 @@ class Answerer:
         """``message`` was edited: if it is its asker's last prompt here, answer the
         new text instead (a waiting prompt is updated in place; a running answer is
         stopped first). False when it is an older message."""
-        # The prompt's record is in the replica that took it, which need not be this
-        # one: every replica looks (this one too, through the control channel).
+        asker = asker_of(message)
+        # Asked of the shared record, never of a replica's own: that one is stale
+        # once the asker's next prompt went to another replica, or lost in a restart.
+        if await self.last_prompts.last(conversation, asker) != message.message_id:
+            return False
+        # A waiting or running prompt is in the replica that took it, which need not
+        # be this one: every replica looks (this one too, through the control channel).
         found = await self.control.send(
             "edited",
             **_where(conversation),
-            asker=asker_of(message),
+            asker=asker,
             message_id=message.message_id,
             turn=dict(user_turn),
         )
-        if found == 0:
-            return False
-        if found < _EDITED_IN_PLACE:  # it had started or ended: answered anew here
+        # Running, ended, or held by no replica any more (a restart): answered anew here.
+        if found < _EDITED_IN_PLACE:
             await self._answer(bot, message, conversation, user_turn, texts, replace=True)
         return True
 
@@ -540,7 +548,13 @@ class Answerer:
         record = None
         if user_turn is not None:
             record = _Prompt(message.message_id, user_turn)
+            # Remembered here before it is noted as the last prompt: an edit that
+            # finds the note finds this record too, and takes no second place in line.
             self._remember(conversation, asker, record)
+            try:
+                await self.last_prompts.note(conversation, asker, message.message_id)
+            except RedisError as exc:  # only an edit of it is lost: it is still answered
+                log.warning("prompt in chat %s not noted: Redis failed (%s)", message.chat.id, exc)
         await self._in_line(bot, _Queued(ticket, message, conversation, texts, record, replace))
 
     async def _in_line(self, bot: Bot, queued: _Queued) -> None:

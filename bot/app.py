@@ -58,6 +58,7 @@ from bot.providers.gptalk import GPTalkProvider
 from bot.providers.openai import OpenAIProvider
 from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from bot.storage.keys import ConversationKey, Keys
+from bot.storage.last_prompts import LastPrompts, MemoryLastPrompts, RedisLastPrompts
 from bot.storage.stats import MemoryStats, RedisStats, Stats
 from bot.storage.user_limits import MemoryUserLimits, RedisUserLimits, UserLimits
 from bot.transport.health import Health
@@ -196,6 +197,7 @@ async def build_application(
     metrics = Metrics(settings.replica_id)
     redis: Redis | None = None
     history: HistoryStore
+    last_prompts: LastPrompts
     journal: Journal
     token_store: TokenStore
     stats: Stats
@@ -229,6 +231,7 @@ async def build_application(
         history = RedisHistoryStore(
             redis, keys, max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
+        last_prompts = RedisLastPrompts(redis, keys, ttl=settings.history_ttl)
         token_store = RedisTokenStore(
             redis,
             prefix=settings.redis_prefix,
@@ -247,6 +250,7 @@ async def build_application(
         history = MemoryHistoryStore(
             max_messages=settings.history_max_messages, ttl=settings.history_ttl
         )
+        last_prompts = MemoryLastPrompts(ttl=settings.history_ttl)
         token_store = MemoryTokenStore()
         stats = MemoryStats()
         journal = MemoryJournal(owner=settings.replica_id, lease=settings.journal_lease)
@@ -307,6 +311,7 @@ async def build_application(
     answerer = Answerer(
         llm=llm,
         history=history,
+        last_prompts=last_prompts,
         scheduler=scheduler,
         system_prompt=settings.system_prompt,
         prompt_max_chars=settings.prompt_max_chars,

@@ -181,6 +181,66 @@ async def test_editing_an_older_message_is_ignored(
     assert [c.method for c in tg.calls[mark:] if c.method != "getUpdates"] == []
 
 
+@pytest.mark.parametrize("edited_on", ["the replica that took it", "the other replica"])
+async def test_editing_an_older_message_is_ignored_whichever_replica_took_what(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    edited_on: str,
+) -> None:
+    """The older prompt went to one replica, the newer to the other: the first one's
+    own memory still says the older one is the asker's last."""
+    fake_gptalk.reply = echo
+    took, other = await start(make_bot), await start(make_bot)
+    ann = took.user()
+    chat = tg.private_chat(ann)
+    older = tg.user_message(chat, ann, "first")
+    took.feed()
+    await took.settle()
+    tg.user_message(chat, ann, "second")
+    other.feed()
+    await other.settle()
+    mark = len(tg.calls)
+    tg.edited_message(chat, ann, older["message_id"], "changed")
+    edited = took if edited_on == "the replica that took it" else other
+    edited.feed()
+    await edited.settle()
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["first", "second"]
+    assert [c.method for c in tg.calls[mark:] if c.method != "getUpdates"] == []
+    assert await history(redis, ann["id"]) == [
+        ("user", "first"), ("assistant", "On first"),
+        ("user", "second"), ("assistant", "On second"),
+    ]  # fmt: skip
+
+
+async def test_after_a_restart_the_last_prompt_is_still_answered_anew(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
+) -> None:
+    fake_gptalk.reply = echo
+    before = await start(make_bot)
+    ann = before.user()
+    chat = tg.private_chat(ann)
+    older = before.say(ann, "zero")
+    await before.settle()
+    question = before.say(ann, "first")
+    await before.settle()
+    await before.stop()
+    after = await start(make_bot)  # a new process on the same Redis
+    mark = len(tg.calls)
+    edit(after, chat, ann, older, "changed")
+    await after.settle()
+    assert [c.method for c in tg.calls[mark:] if c.method != "getUpdates"] == []
+    edit(after, chat, ann, question, "second")
+    await after.settle()
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["zero", "first", "second"]
+    assert after.replies(question)[-1].startswith("On second")
+    assert await history(redis, ann["id"]) == [
+        ("user", "zero"), ("assistant", "On zero"), ("user", "second"), ("assistant", "On second"),
+    ]  # fmt: skip
+    no_rejections(tg)
+
+
 async def test_in_groups_only_an_addressed_message_is_answered_anew(
     make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk, redis: aioredis.Redis
 ) -> None:

@@ -26,6 +26,11 @@ class Keys:
         """``P:history:{chat_id}`` or ``P:history:{chat_id}:{thread_id}``."""
         return f"{self.prefix}:history:{conversation}"
 
+    def last_prompt(self, conversation: ConversationKey, asker: int) -> str:
+        """``P:last_prompt:{c}:{asker}``: the message id of the asker's last prompt in
+        the conversation (``bot/storage/last_prompts.py``)."""
+        return f"{self.prefix}:last_prompt:{conversation}:{asker}"
+
     @property
     def auth(self) -> str:
         return f"{self.prefix}:auth"
