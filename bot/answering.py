@@ -690,8 +690,6 @@ class Answerer:
                 else:
                     turns = [*await self.history.load(conversation), turn]
                     await self.history.append(conversation, turn)
-        if record is not None and record.superseded:
-            return  # edited before it started: the edit's answer replaces this turn
         prompt = build_prompt(self.system_prompt, turns, self.prompt_max_chars)
 
         language = message.from_user.language_code if message.from_user else None
@@ -704,6 +702,12 @@ class Answerer:
         )
         flight = InFlight(self.journal, entry)
         await flight.begin()
+        # From this check to the registration below, no await: an edit landing in
+        # between would find the answer neither superseded nor running, and two full
+        # answers would be generated.
+        if record is not None and record.superseded:
+            await flight.end()
+            return  # edited before it started: the edit's answer replaces this turn
         token = secrets.token_urlsafe(16)  # the Stop button's callback data: unguessable
         reply = StreamingReply(
             bot,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from yarl import URL
 
 from bot.delivery.budgets import TelegramLimits
 from bot.storage.keys import ConversationKey
@@ -16,6 +17,7 @@ from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
+from tests.held_link import HeldLink, resp
 
 SCALE = 0.1
 GROUP_ID = -100123
@@ -238,6 +240,45 @@ async def test_after_a_restart_the_last_prompt_is_still_answered_anew(
     assert await history(redis, ann["id"]) == [
         ("user", "zero"), ("assistant", "On zero"), ("user", "second"), ("assistant", "On second"),
     ]  # fmt: skip
+    no_rejections(tg)
+
+
+async def test_an_edit_while_the_answer_is_journaled_yields_one_answer(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    redis_url: str,
+) -> None:
+    """The edit lands while the journal's begin() awaits Redis: the old answer has
+    started, but is not running yet."""
+    fake_gptalk.reply = echo
+    link = await HeldLink(URL(redis_url).port or 6379).start()
+    begin = link.hold(resp("SADD", "gptalk:journal"))  # the journal's begin()
+    try:
+        harness = await start(make_bot, redis_url=link.url)
+        try:
+            ann = harness.user()
+            chat = tg.private_chat(ann)
+            question = harness.say(ann, "first")
+            await asyncio.wait_for(begin.reached.wait(), 30)
+            edit(harness, chat, ann, question, "second")
+            async with asyncio.timeout(30):
+                # The edit's answer waits for the old one's place: the edit was applied.
+                while await harness.answerer.waiting_in(ConversationKey(ann["id"])) != 1:  # noqa: ASYNC110 - the count lives in Redis
+                    await asyncio.sleep(0.02)
+            begin.release()
+            await harness.settle()
+        finally:
+            await harness.stop()  # before its link to Redis goes
+    finally:
+        await link.aclose()
+    assert [last_turn(p) for p in fake_gptalk.prompts] == ["second"]
+    [answer] = harness.replies(question)
+    assert answer.startswith("On second")
+    assert "Stopped" not in answer
+    assert await history(redis, ann["id"]) == [("user", "second"), ("assistant", "On second")]
+    assert await redis.smembers("gptalk:journal") == set()  # the skipped answer's entry too
     no_rejections(tg)
 
 
