@@ -266,6 +266,7 @@ class Answerer:
         self.control.on("reset", self._apply_reset)
         self.control.on("stop_answer", self._apply_stop_answer)
         self.control.on("edited", self._apply_edited)
+        self.control.on("stop_draft", self._apply_stop_draft)
 
     @property
     def active(self) -> int:
@@ -367,9 +368,17 @@ class Answerer:
         outcome = self._stop_token(str(command.get("token")), int(command.get("user_id", 0)))
         return _CODE_OF_OUTCOME[outcome]
 
-    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+    async def stop_draft(self, chat_id: int, draft_id: int) -> bool:
         """The user pressed a draft's own stop button (drafts exist in private chats
-        only, so whoever pressed it asked)."""
+        only, so whoever pressed it asked): the answer streaming that draft stops, in
+        whichever replica runs it. True when there was one."""
+        stopped = await self.control.send("stop_draft", chat_id=chat_id, draft_id=draft_id)
+        return stopped > 0
+
+    async def _apply_stop_draft(self, command: Command) -> int:
+        return int(self._stop_draft(int(command["chat_id"]), int(command["draft_id"])))
+
+    def _stop_draft(self, chat_id: int, draft_id: int) -> bool:
         for conversation, running in self._running.items():
             if conversation.chat_id != chat_id:
                 continue
