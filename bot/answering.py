@@ -263,6 +263,7 @@ class Answerer:
         )
         self._line = self.line if self.line is not None else Line(limits=limits)
         self.control.on("stop", self._apply_stop)
+        self.control.on("discard", self._apply_discard)
         self.control.on("reset", self._apply_reset)
         self.control.on("stop_answer", self._apply_stop_answer)
         self.control.on("edited", self._apply_edited)
@@ -440,12 +441,22 @@ class Answerer:
             self._prompts.popitem(last=False)
 
     async def reset(self, conversation: ConversationKey) -> None:
-        """Forget the conversation and stop its running answers (in every replica;
-        they are stopped first, so that none of them records its answer after the
-        history was cleared)."""
-        await self.control.send("reset", **_where(conversation))
+        """Forget the conversation and stop its running answers (in every replica).
+
+        The running answers are told first not to record themselves, then the
+        history is cleared, and only then are they stopped: stopping one lets the
+        prompt waiting behind it start, and that prompt must find the conversation
+        new, or its question would be cleared and its answer dropped."""
+        await self.control.send("discard", **_where(conversation))
         await self.history.clear(conversation)
+        await self.control.send("reset", **_where(conversation))
         await self.journal.forget(conversation)
+
+    async def _apply_discard(self, command: Command) -> int:
+        running = self._running.get(_conversation_of(command), [])
+        for generation in running:
+            generation.discard = True
+        return len(running)
 
     async def _apply_reset(self, command: Command) -> int:
         running = self._running.get(_conversation_of(command), [])
