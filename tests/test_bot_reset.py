@@ -14,16 +14,14 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from yarl import URL
 
 from bot.delivery.budgets import TelegramLimits
 from bot.delivery.render import render
 from bot.i18n import EN
 from tests.bot_harness import BotHarness
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, FarRedis
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
-from tests.slow_link import SlowLink
 
 SCALE = 0.1
 
@@ -32,15 +30,6 @@ SCALE = 0.1
 async def tg() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram(time_scale=SCALE) as fake:
         yield fake
-
-
-@pytest.fixture
-async def far_link(redis_url: str) -> AsyncIterator[SlowLink]:
-    """The test's Redis as a replica far from it sees it: every answer 0.3 s late.
-    (Requested before ``make_bot``, it outlives the replicas that use it.)"""
-    link = await SlowLink(URL(redis_url).port or 6379, delay=0.3).start()
-    yield link
-    await link.aclose()
 
 
 async def start(make_bot: BotFactory, **settings: Any) -> BotHarness:
@@ -65,7 +54,7 @@ async def history(redis: aioredis.Redis, chat_id: int) -> list[tuple[str, str]]:
 
 
 async def test_a_prompt_waiting_behind_the_answer_new_stops_starts_in_the_new_conversation(
-    far_link: SlowLink,
+    far_redis: FarRedis,
     make_bot: BotFactory,
     tg: FakeTelegram,
     fake_gptalk: FakeGPTalk,
@@ -77,7 +66,7 @@ async def test_a_prompt_waiting_behind_the_answer_new_stops_starts_in_the_new_co
     fake_gptalk.reply = long_or_short
     fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.1  # the long one: ~15 s
     near = await start(make_bot, replica_id="near")
-    far = await start(make_bot, redis_url=far_link.url, replica_id="far")
+    far = await start(make_bot, redis_url=await far_redis(0.3), replica_id="far")
     ann = near.user()
     chat = tg.private_chat(ann)
     first = tg.user_message(chat, ann, "first")
