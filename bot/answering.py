@@ -209,6 +209,10 @@ class _Queued:
         return cls(ticket, message, conversation, texts, record, bool(data["replace"]))
 
 
+# Seconds a cancelled answer gets at shutdown to give up its place in line (Redis
+# calls, each bounded by the client's socket timeout).
+_CANCELLED_GRACE: Final = 5.0
+
 # Makes the Stop button's keyboard for an answer's secret token and a label.
 StopButton = Callable[[str, str], InlineKeyboardMarkup]
 MAX_REMEMBERED_PROMPTS = 10_000
@@ -248,6 +252,7 @@ class Answerer:
     _active: int = field(init=False, default=0)  # answers in _running: summing is O(N)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
+    _stopping: bool = field(init=False, default=False)  # the shutdown stops every answer
     # Stopping replicas hand their waiting prompts to the others (None: one process).
     handbacks: HandBacks | None = None
     _queued: set[_Queued] = field(init=False, default_factory=set)  # in line, not started
@@ -487,11 +492,16 @@ class Answerer:
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
         if self._tasks:
+            # An answer past the _closing check but not running yet (its question and
+            # journal entry on their way to Redis) stops as it starts.
+            self._stopping = True
             for conversation in list(self._running):
                 self.stop(conversation, suffix=_shutdown)
             _, pending = await asyncio.wait(set(self._tasks), timeout=10)
             for task in pending:
                 task.cancel()
+            if pending:  # their clean-up (places in line, counts) before the app closes
+                await asyncio.wait(pending, timeout=_CANCELLED_GRACE)
 
     async def _answer(
         self,
@@ -732,6 +742,8 @@ class Answerer:
             record.generation = generation
         self._running.setdefault(conversation, []).append(generation)
         self._active += 1
+        if self._stopping:
+            reply.stop(_shutdown(texts))
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
         started = time.monotonic()
