@@ -210,6 +210,10 @@ class _Queued:
         return cls(ticket, message, conversation, texts, record, bool(data["replace"]))
 
 
+# Seconds a cancelled answer gets at shutdown to give up its place in line (Redis
+# calls, each bounded by the client's socket timeout).
+_CANCELLED_GRACE: Final = 5.0
+
 # Makes the Stop button's keyboard for an answer's secret token and a label.
 StopButton = Callable[[str, str], InlineKeyboardMarkup]
 MAX_REMEMBERED_PROMPTS = 10_000
@@ -252,6 +256,7 @@ class Answerer:
     _active: int = field(init=False, default=0)  # answers in _running: summing is O(N)
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
+    _stopping: bool = field(init=False, default=False)  # the shutdown stops every answer
     # Stopping replicas hand their waiting prompts to the others (None: one process).
     handbacks: HandBacks | None = None
     _queued: set[_Queued] = field(init=False, default_factory=set)  # in line, not started
@@ -267,9 +272,11 @@ class Answerer:
         )
         self._line = self.line if self.line is not None else Line(limits=limits)
         self.control.on("stop", self._apply_stop)
+        self.control.on("discard", self._apply_discard)
         self.control.on("reset", self._apply_reset)
         self.control.on("stop_answer", self._apply_stop_answer)
         self.control.on("edited", self._apply_edited)
+        self.control.on("stop_draft", self._apply_stop_draft)
 
     @property
     def active(self) -> int:
@@ -371,9 +378,17 @@ class Answerer:
         outcome = self._stop_token(str(command.get("token")), int(command.get("user_id", 0)))
         return _CODE_OF_OUTCOME[outcome]
 
-    def stop_draft(self, chat_id: int, draft_id: int) -> bool:
+    async def stop_draft(self, chat_id: int, draft_id: int) -> bool:
         """The user pressed a draft's own stop button (drafts exist in private chats
-        only, so whoever pressed it asked)."""
+        only, so whoever pressed it asked): the answer streaming that draft stops, in
+        whichever replica runs it. True when there was one."""
+        stopped = await self.control.send("stop_draft", chat_id=chat_id, draft_id=draft_id)
+        return stopped > 0
+
+    async def _apply_stop_draft(self, command: Command) -> int:
+        return int(self._stop_draft(int(command["chat_id"]), int(command["draft_id"])))
+
+    def _stop_draft(self, chat_id: int, draft_id: int) -> bool:
         for conversation, running in self._running.items():
             if conversation.chat_id != chat_id:
                 continue
@@ -439,12 +454,22 @@ class Answerer:
             self._prompts.popitem(last=False)
 
     async def reset(self, conversation: ConversationKey) -> None:
-        """Forget the conversation and stop its running answers (in every replica;
-        they are stopped first, so that none of them records its answer after the
-        history was cleared)."""
-        await self.control.send("reset", **_where(conversation))
+        """Forget the conversation and stop its running answers (in every replica).
+
+        The running answers are told first not to record themselves, then the
+        history is cleared, and only then are they stopped: stopping one lets the
+        prompt waiting behind it start, and that prompt must find the conversation
+        new, or its question would be cleared and its answer dropped."""
+        await self.control.send("discard", **_where(conversation))
         await self.history.clear(conversation)
+        await self.control.send("reset", **_where(conversation))
         await self.journal.forget(conversation)
+
+    async def _apply_discard(self, command: Command) -> int:
+        running = self._running.get(_conversation_of(command), [])
+        for generation in running:
+            generation.discard = True
+        return len(running)
 
     async def _apply_reset(self, command: Command) -> int:
         running = self._running.get(_conversation_of(command), [])
@@ -475,11 +500,16 @@ class Answerer:
         while self._tasks and (left := deadline - loop.time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)
         if self._tasks:
+            # An answer past the _closing check but not running yet (its question and
+            # journal entry on their way to Redis) stops as it starts.
+            self._stopping = True
             for conversation in list(self._running):
                 self.stop(conversation, suffix=_shutdown)
             _, pending = await asyncio.wait(set(self._tasks), timeout=10)
             for task in pending:
                 task.cancel()
+            if pending:  # their clean-up (places in line, counts) before the app closes
+                await asyncio.wait(pending, timeout=_CANCELLED_GRACE)
 
     async def _answer(
         self,
@@ -730,6 +760,8 @@ class Answerer:
             record.generation = generation
         self._running.setdefault(conversation, []).append(generation)
         self._active += 1
+        if self._stopping:
+            reply.stop(_shutdown(texts))
         await self.stats.incr("requests")
         await self.stats.set_active(self.active)
         started = time.monotonic()

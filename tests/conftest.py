@@ -11,11 +11,13 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from yarl import URL
 
 from tests.bot_harness import BotHarness
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 from tests.redis_server import RedisStartError, start_redis, stop_process
+from tests.slow_link import SlowLink
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +99,23 @@ async def refusing_proxy() -> AsyncIterator[str]:
 
 
 BotFactory = Callable[..., Awaitable[BotHarness]]
+FarRedis = Callable[[float], Awaitable[str]]
+
+
+@pytest.fixture
+async def far_redis(redis_url: str) -> AsyncIterator[FarRedis]:
+    """``await far_redis(delay)``: the URL of the test's Redis as a replica far from it
+    sees it, every answer ``delay`` seconds late (:class:`SlowLink`). Requested before
+    ``make_bot``, the links outlive the replicas that use them."""
+    links: list[SlowLink] = []
+
+    async def link(delay: float) -> str:
+        links.append(await SlowLink(URL(redis_url).port or 6379, delay=delay).start())
+        return links[-1].url
+
+    yield link
+    for made in links:
+        await made.aclose()
 
 
 @pytest.fixture

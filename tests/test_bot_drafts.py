@@ -146,3 +146,26 @@ async def test_groups_always_edit_and_the_draft_button_stops(
     assert not [d for d in tg.drafts if d.chat_id == GROUP_ID]
     assert harness.answer(asked) == render(fake_gptalk.answer).text
     no_rejections(tg)
+
+
+async def test_the_draft_button_stops_an_answer_running_on_another_replica(
+    make_bot: BotFactory, tg: FakeTelegram, fake_gptalk: FakeGPTalk
+) -> None:
+    """Two replicas on one Redis: the prompt goes to one, the draft's stop to the other."""
+    fake_gptalk.answer = "word " * 80
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.1  # ~1 s of streaming
+    runs, hears = await start(make_bot), await start(make_bot)
+    ann = runs.user()
+    question = tg.user_message(tg.private_chat(ann), ann, "talk")
+    runs.feed()
+    await tg.wait_for(lambda: bool(tg.drafts))
+    tg.stop_generation(ann["id"], tg.drafts[0].draft_id)
+    hears.feed()
+    await hears.settle()
+    await runs.settle()
+    stopped = runs.answer(question)
+    assert stopped.endswith("Stopped.")  # by the replica that streamed it
+    assert 0 < stopped.count("word") < 80
+    # (Two long polls on one token conflict, as at Telegram: these replicas are fed.)
+    assert [c.method for c in tg.calls if not c.ok and c.method != "getUpdates"] == []
+    assert tg.too_many_requests == 0

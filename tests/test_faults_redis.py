@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 import redis as redis_sync
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bot.delivery.render import render
+from bot.storage.keys import ConversationKey
 from tests.bot_harness import BotHarness
 from tests.bot_process import bot_env
 from tests.bot_process import start_bot as start_bot_process
@@ -278,6 +280,49 @@ async def test_hung_redis_does_not_hang_a_streaming_answer_or_new_prompts(
     assert not harness._polling.done()
     await handled(harness, say(harness, bob, "and now?"))
     assert new_texts(tg, bob["id"], 1) == [expected]
+
+
+# --- stalled for longer than the lease ----------------------------------------------------------
+
+
+async def test_a_stall_longer_than_the_lease_loses_no_waiting_prompt(
+    own_redis: RedisServer,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    harnesses: list[BotHarness],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis answers nobody (CLIENT PAUSE) for longer than a lease: the waiting prompt's
+    place lapses meanwhile, yet it is answered, with one warning."""
+    fake_gptalk.hold = asyncio.Event()  # the first answer runs until the stall is over
+    expected = render(fake_gptalk.answer).text
+    harness = await start_bot(harnesses, tg, fake_gptalk, own_redis, journal_lease=0.6)
+    ann = harness.user(1, "Ann")
+    first = harness.say(ann, "tell me something")
+    waiting = harness.say(ann, "and something else")
+    async with asyncio.timeout(10):
+        while await harness.answerer.waiting_in(ConversationKey(ann["id"])) != 1:  # noqa: ASYNC110 - the count lives in Redis
+            await asyncio.sleep(0.02)
+
+    client = aioredis.Redis(port=own_redis.port)
+    try:
+        caplog.clear()
+        await client.execute_command("CLIENT", "PAUSE", "2000")  # the lease is 0.6 s
+        await client.ping()  # answered once the pause is over
+    finally:
+        await client.aclose()
+    fake_gptalk.hold.set()
+
+    await harness.settle()
+    assert harness.replies(first) == [expected]
+    assert harness.replies(waiting) == [expected]
+    lost = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "lost its place" in r.getMessage()
+    ]
+    assert len(lost) == 1, lost
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # --- admin commands ----------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from bot.conversation.line import HandedOverError
 from bot.conversation.pubsub import Subscriber
 from bot.conversation.redis_line import RedisLine, RedisTicket
 from bot.delivery.render import render
+from bot.i18n import EN
 from bot.storage.keys import ConversationKey, Keys
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, FarRedis
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 
@@ -235,3 +236,29 @@ async def test_without_redis_a_prompt_waiting_at_shutdown_is_declined(
     [declined] = bot.replies(second)
     assert "restarting" in declined
     assert fake_gptalk.prompts == ["first"]
+
+
+async def test_an_answer_starting_as_the_shutdown_stops_the_others_is_stopped_too(
+    far_redis: FarRedis,
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+) -> None:
+    # Far from Redis, an answer takes two round trips (the question's write, the
+    # journal's) from its question being in the history to counting as running: the
+    # shutdown's stop falls in between. It would stream on until it was cancelled.
+    fake_gptalk.answer = "A **long** answer, " + "word " * 300
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.1  # ~30 s
+    # A long lease: the hand-backs are not looked for (over the far link) meanwhile.
+    far = await far_redis(0.2)
+    bot = await make_bot(redis_url=far, shutdown_timeout=0, journal_lease=60)
+    ann = bot.user()
+    question = bot.say(ann, "first")
+    async with asyncio.timeout(30):
+        while not await redis.exists(f"gptalk:history:{ann['id']}"):  # noqa: ASYNC110 - Redis has no event
+            await asyncio.sleep(0.005)
+    await bot.answerer.drain(0)  # what SIGTERM runs, with SHUTDOWN_TIMEOUT=0
+    assert bot.answer(question) == render(EN.shutdown.strip()).text
+    assert fake_gptalk.prompts == []  # stopped before it went upstream
+    assert await redis.smembers("gptalk:journal") == set()  # it ended, marked

@@ -5,7 +5,10 @@ the holder pushes back every ``lease / 3`` seconds. A waiting prompt has its pla
 in ``waiting``, ranked by its message id, and a deadline of its own in ``alive``
 that its owner pushes back each time it looks whether its turn came. A replica that
 dies stops pushing: its leases and places lapse after ``lease`` seconds and the
-next script that touches the line purges them, so nothing stays locked.
+next script that touches the line purges them, so nothing stays locked. A Redis
+that answers nobody for longer than a lease (a stall, a failover) makes the places
+of live owners lapse too: an owner that finds its place gone, and not dropped,
+takes it again by its message id, so no waiting prompt is lost to a stall.
 
 Every change goes through one Lua script (enter, try-start, renew, leave, drop), so
 two replicas never both take the last free place. A waiting ticket never gets its
@@ -64,6 +67,9 @@ local function forget(ticket)
   redis.call('ZREM', alive, ticket)
   redis.call('HDEL', senders, ticket)
 end
+-- A dropped waiting ticket's sender, until its owner looks again and leaves: tells a
+-- drop from a place that lapsed.
+local DROPPED = ''
 -- Leases, places and arrivals whose owners stopped pushing their deadlines back.
 local function purge()
   local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', now)
@@ -147,25 +153,40 @@ return status
 """
 )
 
-# ARGV[4..5] = ticket, max running. Returns {2, 0} (running), {-1, 0} (gone: dropped
-# or lapsed) or {1, ms until the first running lease lapses}.
+# ARGV[4..7] = ticket, max running, sender, order ('' = after the last waiting).
+# Returns {status, ms, taken again}: status 2 (running), -1 (dropped) or 1 (waiting;
+# ms until the first running lease lapses); taken again 1 when its place had lapsed.
 _TRY_START: Final = (
     _PRELUDE
     + """
 purge()
 local ticket = ARGV[4]
-if redis.call('ZSCORE', running, ticket) then return {2, 0} end
-if not redis.call('ZSCORE', waiting, ticket) then return {-1, 0} end
+if redis.call('ZSCORE', running, ticket) then return {2, 0, 0} end
+local again = 0
+if not redis.call('ZSCORE', waiting, ticket) then
+  if redis.call('HGET', senders, ticket) == DROPPED then return {-1, 0, 0} end
+  -- Its place lapsed although its owner is here: Redis answered nobody for longer
+  -- than the lease. The place is taken again, where its order puts it: the prompt
+  -- was let in once, so the line may be longer than max waiting for a while.
+  local order = tonumber(ARGV[7])
+  if not order then
+    local last = redis.call('ZRANGE', waiting, -1, -1, 'WITHSCORES')
+    order = last[2] and tonumber(last[2]) + 1 or 0
+  end
+  redis.call('ZADD', waiting, order, ticket)
+  redis.call('HSET', senders, ticket, ARGV[6])
+  again = 1
+end
 if eligible(ticket, tonumber(ARGV[5])) then
   start(ticket)
   keep()
-  return {2, 0}
+  return {2, 0, again}
 end
 redis.call('ZADD', alive, now + lease, ticket)
 keep()
 local first = redis.call('ZRANGE', running, 0, 0, 'WITHSCORES')
-if first[2] then return {1, math.max(0, tonumber(first[2]) - now)} end
-return {1, lease}
+if first[2] then return {1, math.max(0, tonumber(first[2]) - now), again} end
+return {1, lease, again}
 """
 )
 
@@ -196,15 +217,18 @@ _DROP: Final = (
     + """
 purge()
 local dropped = redis.call('ZRANGE', waiting, 0, -1)
-for _, ticket in ipairs(dropped) do forget(ticket) end
+for _, ticket in ipairs(dropped) do
+  redis.call('ZREM', alive, ticket)
+  redis.call('HSET', senders, ticket, DROPPED)
+end
 redis.call('DEL', waiting)
 if #dropped > 0 then notify() end
 return #dropped
 """
 )
 
-# ARGV[4] = ticket. Its new owner looks after it from now: 2 (running), 1 (waiting), or
-# 0 (gone: it lapsed or was dropped).
+# ARGV[4] = ticket. Its new owner looks after it from now: {status, sender, order},
+# status 2 (running), 1 (waiting), or 0 (gone: it lapsed or was dropped).
 _ADOPT: Final = (
     _PRELUDE
     + """
@@ -217,9 +241,12 @@ if redis.call('ZSCORE', running, ticket) then
 elseif redis.call('ZSCORE', waiting, ticket) then
   redis.call('ZADD', alive, now + lease, ticket)
   status = 1
+else
+  forget(ticket)  -- a dropped one's mark, as its first owner will not leave it
 end
 keep()
-return status
+local sender = redis.call('HGET', senders, ticket) or ''
+return {status, sender, redis.call('ZSCORE', waiting, ticket) or ''}
 """
 )
 
@@ -251,14 +278,29 @@ return {redis.call('ZCARD', running), redis.call('ZCARD', waiting)}
 )
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 class RedisTicket(Generic[K]):
     """A place in a shared line. From creation, a background task looks after it:
     while it waits, it tries to start (pushing its place's deadline back); once it
     runs, it renews the lease until the ticket is given up — or handed over to
     another replica (:meth:`hand_over`), which then looks after it."""
 
-    def __init__(self, line: RedisLine[K], key: K, ticket_id: str, *, running: bool) -> None:
+    def __init__(
+        self,
+        line: RedisLine[K],
+        key: K,
+        ticket_id: str,
+        *,
+        running: bool,
+        sender: str,
+        order: str | int,
+    ) -> None:
         self._line, self.key, self.id = line, key, ticket_id
+        # Where the place is, to take it again should it lapse while Redis stalls.
+        self._sender, self._order = sender, order
         self._turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wake = asyncio.Event()
         if running:
@@ -353,12 +395,23 @@ class RedisTicket(Generic[K]):
             self._wake.clear()  # before looking: a notice that comes meanwhile is kept
             wait = line.lease / 3
             try:
-                status, until_lapse = await line._call(
-                    line._try_start, self.key, self.id, line._limits(self.key)[0]
+                status, until_lapse, again = await line._call(
+                    line._try_start,
+                    self.key,
+                    self.id,
+                    line._limits(self.key)[0],
+                    self._sender,
+                    self._order,
                 )
             except RedisError as exc:  # look again later: the place lasts 3 periods
                 log.warning("line not checked: Redis failed (%s)", exc)
             else:
+                if again:
+                    log.warning(
+                        "a prompt waiting in %s lost its place in line (Redis answered "
+                        "nobody for longer than the lease); it took the place again",
+                        self.key,
+                    )
                 if status == 2:
                     self._turn.set_result(None)
                     return
@@ -440,18 +493,15 @@ class RedisLine(Generic[K]):
     ) -> RedisTicket[K] | None:
         max_running, max_waiting = self._limits(key)
         ticket_id = secrets.token_hex(8)
+        place = "" if order is None else order
         status = await self._call(
-            self._enter,
-            key,
-            ticket_id,
-            str(sender),
-            "" if order is None else order,
-            max_running,
-            max_waiting,
+            self._enter, key, ticket_id, str(sender), place, max_running, max_waiting
         )
         if status == 0:
             return None
-        return RedisTicket(self, key, ticket_id, running=status == 2)
+        return RedisTicket(
+            self, key, ticket_id, running=status == 2, sender=str(sender), order=place
+        )
 
     async def drop(self, key: K) -> None:
         await self._call(self._drop, key)
@@ -459,10 +509,12 @@ class RedisLine(Generic[K]):
     async def adopt(self, key: K, ticket_id: str) -> RedisTicket[K] | None:
         """Look after a place another replica handed over (:meth:`RedisTicket.hand_over`);
         None when it is gone (it lapsed meanwhile, or the line was dropped)."""
-        status = await self._call(self._adopt, key, ticket_id)
+        status, sender, order = await self._call(self._adopt, key, ticket_id)
         if status == 0:
             return None
-        return RedisTicket(self, key, ticket_id, running=status == 2)
+        return RedisTicket(
+            self, key, ticket_id, running=status == 2, sender=_text(sender), order=_text(order)
+        )
 
     async def arrive(self, key: K, order: int) -> None:
         """Message ``order`` of ``key`` reached a replica: prompts ordered after it

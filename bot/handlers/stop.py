@@ -7,7 +7,8 @@ callback query is answered, so that the user's client stops its spinner.
 
 In draft mode (``STREAM_MODE=draft``) the draft's native stop button arrives as a
 ``stopped_message_generation`` update; drafts exist only in private chats, so the
-one who pressed it is the one who asked.
+one who pressed it is the one who asked. Like the Stop button, it reaches the
+answer in whichever replica streams it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ async def on_other_button(query: CallbackQuery, texts: Texts) -> None:
 
 
 async def on_draft_stopped(event: MessageGenerationStopped, answerer: Answerer) -> None:
-    answerer.stop_draft(event.chat.id, event.draft_id)
+    await answerer.stop_draft(event.chat.id, event.draft_id)
 
 
 def create_router() -> Router:
