@@ -232,3 +232,53 @@ async def test_a_call_that_is_refused_is_not_counted(make: Make, clock: Clock) -
     clock.now += 1.0
     assert granted(await called(budgets, 4))
     assert granted(await called(budgets, 4))  # its bucket was not drained by refusals
+
+
+async def test_chat_actions_count_in_a_private_chat_and_need_its_bucket_full(
+    make: Make, clock: Clock
+) -> None:
+    budgets = make()
+    assert granted(await budgets.take(PRIVATE, Priority.ACTION))
+    assert short(await budgets.take(PRIVATE, Priority.ACTION), Scope.CHAT, 1.0)  # one token left
+    assert granted(await budgets.take(PRIVATE, ANSWER))
+    # The action took a token like a message: the burst of 2 is spent.
+    assert short(await budgets.take(PRIVATE, ANSWER), Scope.CHAT, 1.0)
+    clock.now += 1.0
+    assert granted(await budgets.take(PRIVATE, CHATTER))
+    assert short(await budgets.take(PRIVATE, Priority.ACTION), Scope.CHAT, 2.0)
+
+
+async def test_chat_actions_count_in_a_group_and_go_only_while_it_is_quiet(make: Make) -> None:
+    budgets = make()
+    for _ in range(3):  # an action must leave 17 of the 20
+        assert granted(await budgets.take(GROUP, Priority.ACTION))
+    assert (await budgets.take(GROUP, Priority.ACTION)).scope is Scope.CHAT
+    assert granted(await budgets.take(GROUP, EDIT))  # an edit still goes: it leaves 3
+    for _ in range(16):
+        assert granted(await budgets.take(GROUP, ANSWER))
+    # 3 actions + 1 edit + 16 answers: the window is full.
+    assert (await budgets.take(GROUP, ANSWER)).scope is Scope.CHAT
+
+
+async def test_chat_actions_count_bot_wide_and_leave_half_of_it(make: Make) -> None:
+    budgets = make()
+    for chat_id in range(10, 23):  # 13 of 28
+        assert granted(await budgets.take(chat_id, ANSWER))
+    assert granted(await budgets.take(100, Priority.ACTION))  # it must leave 14
+    assert (await budgets.take(101, Priority.ACTION)).scope is Scope.BOT
+    for chat_id in range(200, 208):  # edits leave 6
+        assert granted(await budgets.take(chat_id, EDIT))
+    assert (await budgets.take(208, EDIT)).scope is Scope.BOT
+    for chat_id in range(300, 306):  # answers take the rest; the action was counted
+        assert granted(await budgets.take(chat_id, ANSWER))
+    assert (await budgets.take(306, ANSWER)).scope is Scope.BOT
+
+
+async def test_a_chat_action_starts_no_edit_interval(make: Make, clock: Clock) -> None:
+    budgets = make()  # a group: 3 s between an answer call and the next edit
+    start = clock.now
+    assert granted(await budgets.take(GROUP, ANSWER))
+    clock.now = start + 2.0
+    assert granted(await budgets.take(GROUP, Priority.ACTION))
+    clock.now = start + 3.0
+    assert granted(await budgets.take(GROUP, EDIT))  # 3 s after the answer call
