@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from tests.relay import Relay
 
 __all__ = ["HeldLink", "Hold", "resp"]
 
@@ -33,13 +37,10 @@ class Hold:
         await self._released.wait()
 
 
-class HeldLink:
+class HeldLink(Relay):
     def __init__(self, port: int) -> None:
-        self._port = port
+        super().__init__(port)
         self._holds: list[Hold] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     def hold(self, marker: bytes) -> Hold:
         """Hold the answer to the next command that contains ``marker`` (once)."""
@@ -47,41 +48,19 @@ class HeldLink:
         self._holds.append(hold)
         return hold
 
-    async def start(self) -> HeldLink:
-        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
-
     async def aclose(self) -> None:
         for hold in self._holds:
             hold.release()
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await super().aclose()
 
-    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._port)
-        self._writers.update((writer, upstream_writer))
+    def pumps(
+        self,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        server: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> Iterable[Coroutine[Any, Any, None]]:
         # The holds met on this connection: its answers wait for each one's release.
         met: list[Hold] = []
-        for pump in (
-            self._requests(reader, upstream_writer, met),
-            self._answers(upstream_reader, writer, met),
-        ):
-            task = asyncio.create_task(pump)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        return (self._requests(client[0], server[1], met), self._answers(server[0], client[1], met))
 
     async def _requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, met: list[Hold]

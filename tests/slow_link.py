@@ -10,50 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+from tests.relay import Relay
 
 __all__ = ["SlowLink"]
 
 
-class SlowLink:
+class SlowLink(Relay):
     def __init__(self, port: int, delay: float) -> None:
-        self._port, self._delay = port, delay
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        super().__init__(port)
+        self._delay = delay
 
-    async def start(self) -> SlowLink:
-        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
-
-    async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._port)
-        self._writers.update((writer, upstream_writer))
+    def pumps(
+        self,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        server: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> Iterable[Coroutine[Any, Any, None]]:
         held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        for pump in (
-            self._pump(reader, upstream_writer),
-            self._hold(upstream_reader, held),
-            self._release(held, writer),
-        ):
-            task = asyncio.create_task(pump)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        return (
+            self._pump(client[0], server[1]),
+            self._hold(server[0], held),
+            self._release(held, client[1]),
+        )
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
