@@ -25,6 +25,7 @@ from typing import Final
 
 from aiogram import Bot
 from aiogram.enums import ChatType
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.types import Message as TgMessage
 from redis.exceptions import RedisError
@@ -36,7 +37,9 @@ from .conversation.control import Command, Control, LocalControl
 from .conversation.gate import KeyedLock
 from .conversation.handback import HandBacks
 from .conversation.line import HandedOverError, Line, LineDroppedError, Lines
+from .delivery.budgets import Priority
 from .delivery.journal import Entry, InFlight, Journal, MemoryJournal
+from .delivery.refusals import TRANSIENT, brief
 from .delivery.scheduler import Scheduler
 from .delivery.streaming import ChatUnavailableError, NoRightsError, StreamingReply
 from .i18n import CATALOGS, Texts
@@ -199,7 +202,7 @@ class _Queued:
             ticket = await line.enter(conversation, asker_of(message), order=message.message_id)
         if ticket is None:
             private = message.chat.type == ChatType.PRIVATE
-            await message.reply(texts.busy if private else texts.busy_group)
+            await _tell(message, texts.busy if private else texts.busy_group)
             return None
         turn = data["turn"]
         record = (
@@ -213,6 +216,27 @@ class _Queued:
 # Seconds a cancelled answer gets at shutdown to give up its place in line (Redis
 # calls, each bounded by the client's socket timeout).
 _CANCELLED_GRACE: Final = 5.0
+
+_TELL_TRIES: Final = 4
+
+
+async def _tell(message: TgMessage, text: str) -> None:
+    """Reply ``text``, the only word a handed-back prompt's sender gets when it cannot
+    be answered: so not as chatter, which is dropped when the chat's budget is short,
+    and again (after 1, 2, 4 s) when Telegram fails."""
+    with Scheduler.calls_as(Priority.ANSWER):
+        for attempt in range(_TELL_TRIES):
+            try:
+                await message.reply(text)
+                return
+            except TRANSIENT as exc:
+                if attempt == _TELL_TRIES - 1:
+                    raise
+                log.warning(
+                    "notice to chat %s not sent (%s); trying again", message.chat.id, brief(exc)
+                )
+            await asyncio.sleep(2**attempt)
+
 
 # Makes the Stop button's keyboard for an answer's secret token and a label.
 StopButton = Callable[[str, str], InlineKeyboardMarkup]
@@ -675,6 +699,11 @@ class Answerer:
             queued = await _Queued.resume(payload, bot, self.handbacks, self._line)
         except RedisError as exc:
             log.warning("a handed-back prompt is lost: Redis failed (%s)", exc)
+            return
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            log.warning(
+                "a handed-back prompt found its line full; its sender not told: %s", brief(exc)
+            )
             return
         if queued is None:
             return

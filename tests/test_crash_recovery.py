@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,20 @@ import redis.asyncio as aioredis
 from aiogram import Bot
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.delivery.budgets import MemoryBudgets, TelegramLimits
-from bot.delivery.journal import Entry, RedisJournal
-from bot.delivery.recovery import Recovery, with_marker
+from bot.delivery.budgets import MemoryBudgets, Priority, TelegramLimits
+from bot.delivery.journal import Entry, Journal, MemoryJournal, MemorySpace, RedisJournal
+from bot.delivery.recovery import MAX_TRIES, Recovery, with_marker
 from bot.delivery.render import Rendered, render
 from bot.delivery.scheduler import Scheduler
 from bot.i18n.en import EN
 from bot.i18n.ru import RU
-from bot.storage.history import RedisHistoryStore
+from bot.storage.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from bot.storage.keys import ConversationKey, Keys
 from gptalk import Message
 from tests.bot_process import bot_env, start_bot
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
-from tests.fake_telegram import FakeTelegram
+from tests.fake_telegram import BAD_GATEWAY_HTML, NO_RIGHTS, TOPIC_CLOSED, FakeTelegram
 from tests.telegram_harness import make_bot as make_aiogram_bot
 
 LEASE = 0.6
@@ -85,26 +86,62 @@ def crash(journal: RedisJournal) -> None:
     journal._renewal.cancel()
 
 
+@dataclasses.dataclass
+class Backend:
+    """A deployment's journals (one store: a process's memory, or the Redis) and history."""
+
+    journal: Callable[[str], Awaitable[Journal]]  # opened, by owner
+    history: HistoryStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest, redis: aioredis.Redis) -> AsyncIterator[Backend]:
+    space = MemorySpace()
+    made: list[Journal] = []
+
+    async def open_journal(owner: str) -> Journal:
+        journal: Journal
+        if request.param == "memory":
+            journal = MemoryJournal(owner=owner, lease=LEASE, space=space)
+        else:
+            journal = RedisJournal(redis, KEYS, owner=owner, lease=LEASE)
+        await journal.open()
+        made.append(journal)
+        return journal
+
+    history: HistoryStore = (
+        MemoryHistoryStore(max_messages=20, ttl=3600)
+        if request.param == "memory"
+        else RedisHistoryStore(redis, KEYS, max_messages=20, ttl=3600)
+    )
+    yield Backend(open_journal, history)
+    for journal in made:
+        await journal.aclose()
+
+
 async def half_written(
     tg: FakeTelegram,
     bot: Bot,
-    history: RedisHistoryStore,
-    writer: RedisJournal,
+    history: HistoryStore,
+    writer: Journal,
     markdown: str = "Autumn **leaves** fall and",
     *,
     keyboard: bool = False,
+    group: int | None = None,
 ) -> tuple[Entry, dict[str, Any], Rendered]:
-    """A question, and an answer that began streaming (journaled by ``writer``)."""
+    """A question (in a private chat, or in ``group``), and an answer that began
+    streaming (journaled by ``writer``)."""
     user = tg.add_user(1001, "Ann")
-    question = tg.user_message(tg.private_chat(user), user, "Write about autumn")
-    conversation = ConversationKey(1001)
+    chat = tg.private_chat(user) if group is None else tg.group_chat(group, "Readers")
+    question = tg.user_message(chat, user, "Write about autumn")
+    conversation = ConversationKey(chat["id"])
     await history.append(conversation, Message(role="user", content="Write about autumn"))
     shown = render(markdown)
     stop = InlineKeyboardMarkup(
         inline_keyboard=[[InlineKeyboardButton(text="⏹", callback_data="s")]]
     )
     sent = await bot.send_message(
-        1001,
+        chat["id"],
         shown.text,
         entities=shown.aiogram_entities(),
         reply_to_message_id=question["message_id"],
@@ -319,6 +356,156 @@ async def test_telegram_failing_leaves_the_answer_for_the_next_sweep(
     assert await sweeper.sweep() == 1
     assert message.text.endswith(MARKER)
     assert len(await history.load(ConversationKey(1001))) == 2  # recorded once
+
+
+def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Warnings and worse; none may carry a traceback."""
+    found = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in found if r.exc_info] == []
+    return [r.getMessage() for r in found]
+
+
+async def nothing_left(backend: Backend) -> bool:
+    """No entry waits for a sweep (nor is held by a live process: there is none)."""
+    return await (await backend.journal("host:9")).orphans() == []
+
+
+async def test_a_proxys_error_page_leaves_the_marker_to_a_later_sweep(
+    tg: FakeTelegram, bot: Bot, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy in front of the Bot API answers the marker's edit with its HTML 502
+    page (aiogram's ClientDecodeError): the sweeps go on, and the next one marks it."""
+    dead = await backend.journal("host:1")
+    entry, _question, shown = await half_written(tg, bot, backend.history, dead)
+    await dead.aclose()
+    [message] = tg.bot_messages(1001)
+    tg.fail_next(
+        "editMessageText", error_code=502, description="Bad Gateway", html=BAD_GATEWAY_HTML
+    )
+    recovery = Recovery(bot, await backend.journal("host:2"), backend.history, interval=0.05)
+    with caplog.at_level(logging.INFO):
+        await recovery.start()
+        try:
+            await tg.wait_for(lambda: message.text.endswith(MARKER), timeout=20)
+        finally:
+            await recovery.stop()
+    assert message.text == f"{shown.text}\n\n{MARKER}"
+    assert [c.ok for c in tg.calls_to("editMessageText")] == [False, True]
+    [warning] = warnings_in(caplog)
+    assert "interrupted answer in chat 1001 not marked yet (unreadable response" in warning
+    assert "<html>" not in caplog.text
+    turns = await backend.history.load(ConversationKey(1001))
+    assert turns[1:] == [{"role": "assistant", "content": entry.markdown + INTERRUPTED}]
+    assert await nothing_left(backend)
+
+
+async def test_the_marker_waits_for_a_slot_in_a_group_whose_budget_answers_spent(
+    backend: Backend,
+) -> None:
+    """The marker is an answer's last word: in a group whose calls of the minute went
+    to answers, it waits for the window to move on, not dropped like chatter that gets
+    no slot within 5 s. Telegram's clock runs 20 times faster here."""
+    scale, group = 0.05, -100777
+    grants: list[Priority] = []
+    async with FakeTelegram(time_scale=scale) as fast:
+        scheduler = Scheduler(
+            MemoryBudgets(TelegramLimits(time_scale=scale)),
+            on_grant=lambda priority, _waited: grants.append(priority),
+        )
+        try:
+            async with make_aiogram_bot(fast, scheduler) as fast_bot:
+                dead = await backend.journal("host:1")
+                entry, _question, shown = await half_written(
+                    fast, fast_bot, backend.history, dead, group=group
+                )
+                with Scheduler.calls_as(Priority.ANSWER):  # the group's other answers
+                    for n in range(TelegramLimits().group_limit - 1):
+                        await fast_bot.send_message(group, f"answer {n}")
+                await dead.aclose()
+                sweeper = Recovery(
+                    fast_bot, await backend.journal("host:2"), backend.history, interval=1
+                )
+                assert await sweeper.sweep() == 1
+        finally:
+            await scheduler.aclose()
+        message = fast.message(group, entry.message_ids[0])
+        assert message.text == f"{shown.text}\n\n{MARKER}"
+        assert grants[-1] is Priority.ANSWER
+        [marked] = fast.calls_to("editMessageText")
+        first = fast.calls_to("sendMessage")[0]
+        assert marked.at - first.at >= fast.group_window  # it did wait for the window
+        assert fast.too_many_requests == 0
+    turns = await backend.history.load(ConversationKey(group))
+    assert turns[1:] == [{"role": "assistant", "content": entry.markdown + INTERRUPTED}]
+    assert await nothing_left(backend)
+
+
+async def test_a_marker_telegram_keeps_failing_is_tried_less_often_then_given_up(
+    tg: FakeTelegram, bot: Bot, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telegram answers every marker edit with a 500: each failed try is followed by a
+    longer wait (the next sweep, then 1, 2, 4… sweep intervals), and after MAX_TRIES
+    the answer is ended unmarked, with its marker in the history for the model."""
+    dead = await backend.journal("host:1")
+    entry, _question, shown = await half_written(tg, bot, backend.history, dead)
+    await dead.aclose()
+    [message] = tg.bot_messages(1001)
+    tg.fail_next(
+        "editMessageText",
+        error_code=500,
+        description="Internal Server Error",
+        times=MAX_TRIES + 5,
+    )
+    interval = 0.02
+    recovery = Recovery(bot, await backend.journal("host:2"), backend.history, interval=interval)
+    with caplog.at_level(logging.WARNING, logger="bot.delivery.recovery"):
+        await recovery.start()
+        try:
+            await tg.wait_for(
+                lambda: "giving up" in caplog.text or message.text.endswith(MARKER), timeout=60
+            )
+        finally:
+            await recovery.stop()
+    tries = [c.at for c in tg.calls_to("editMessageText")]
+    assert len(tries) == MAX_TRIES
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    waits = [interval * 2**n for n in range(MAX_TRIES - 2)]  # after the 2nd failure on
+    assert all(gap >= wait for gap, wait in zip(gaps[1:], waits, strict=True)), gaps
+    warnings = warnings_in(caplog)
+    assert len(warnings) == MAX_TRIES
+    assert all("not marked yet (Telegram server says" in w for w in warnings[:-1]), warnings
+    assert f"not marked after {MAX_TRIES} tries" in warnings[-1]
+    assert message.text == shown.text
+    turns = await backend.history.load(ConversationKey(1001))
+    assert turns[1:] == [{"role": "assistant", "content": entry.markdown + INTERRUPTED}]
+    assert await nothing_left(backend)
+
+
+@pytest.mark.parametrize("refusal", ["Bad Request: chat not found", NO_RIGHTS, TOPIC_CLOSED])
+async def test_a_chat_the_marker_cannot_reach_ends_the_answer_without_asking_again(
+    tg: FakeTelegram,
+    redis: aioredis.Redis,
+    history: RedisHistoryStore,
+    journals: list[RedisJournal],
+    bot: Bot,
+    caplog: pytest.LogCaptureFixture,
+    refusal: str,
+) -> None:
+    dead = await journal(redis, journals, "host:1")
+    entry, _question, shown = await half_written(tg, bot, history, dead)
+    await dead.aclose()
+    [message] = tg.bot_messages(1001)
+    tg.fail_next("editMessageText", error_code=400, description=refusal, times=2)
+    sweeper = await another_replica(bot, redis, journals, history)
+    with caplog.at_level(logging.INFO, logger="bot.delivery.recovery"):
+        assert await sweeper.sweep() == 1
+    assert [c.description for c in tg.calls_to("editMessageText")] == [refusal]  # not in plain
+    assert message.text == shown.text
+    assert "chat unavailable" in caplog.text
+    assert warnings_in(caplog) == []
+    turns = await history.load(ConversationKey(1001))
+    assert turns[1:] == [{"role": "assistant", "content": entry.markdown + INTERRUPTED}]
+    assert await journal_keys(redis) == []
 
 
 # --- the answerer keeps the journal ---------------------------------------------------------

@@ -5,13 +5,16 @@ private redis-server; two RedisLine objects stand for two replicas."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bot.answering import conversation_limits
 from bot.conversation.handback import HandBacks
 from bot.conversation.line import HandedOverError
 from bot.conversation.pubsub import Subscriber
@@ -21,7 +24,7 @@ from bot.i18n import EN
 from bot.storage.keys import ConversationKey, Keys
 from tests.conftest import BotFactory, FarRedis
 from tests.fake_gptalk import FakeGPTalk
-from tests.fake_telegram import FakeTelegram
+from tests.fake_telegram import BAD_GATEWAY_HTML, FakeTelegram
 
 LEASE = 1.0
 KEY = ConversationKey(1)  # a private chat: one answer at a time
@@ -262,3 +265,70 @@ async def test_an_answer_starting_as_the_shutdown_stops_the_others_is_stopped_to
     assert bot.answer(question) == render(EN.shutdown.strip()).text
     assert fake_gptalk.prompts == []  # stopped before it went upstream
     assert await redis.smembers("gptalk:journal") == set()  # it ended, marked
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(
+            {"error_code": 502, "description": "Bad Gateway", "html": BAD_GATEWAY_HTML},
+            id="a proxy's error page",
+        ),
+        pytest.param(
+            {
+                "error_code": 429,
+                "description": "Too Many Requests: retry after 6",
+                "retry_after": 6,
+            },
+            id="a 429 longer than chatter may wait",
+        ),
+    ],
+)
+async def test_a_handed_back_prompt_that_finds_its_line_full_is_declined_despite_telegram(
+    make_bot: BotFactory,
+    tg: FakeTelegram,
+    fake_gptalk: FakeGPTalk,
+    redis: aioredis.Redis,
+    subscriber: Subscriber,
+    caplog: pytest.LogCaptureFixture,
+    fault: dict[str, Any],
+) -> None:
+    """A prompt handed back by a stopping replica, whose place lapsed before a replica
+    took it, finds its line full on the one that does: its sender is told to send it
+    again, also when Telegram fails that reply once or blocks the chat for longer than
+    chatter may wait for a slot."""
+    fake_gptalk.answer = "A **slow** answer, " + "word " * 30
+    fake_gptalk.chunk_size, fake_gptalk.delay = 10, 0.05  # ~1 s
+    before = await make_bot(journal_lease=1.0)
+    ann = before.user()
+    before.say(ann, "first")
+    await tg.wait_for(lambda: bool(tg.bot_messages(ann["id"])), 15)
+    second = before.say(ann, "second")
+    await tg.wait_for(lambda: before.answerer._queued, 15)
+    await before.stop()
+    assert len(await redis.lrange("gptalk:handback", 0, -1)) == 1
+
+    conversation = ConversationKey(ann["id"])
+    line = RedisLine(redis, Keys("gptalk"), subscriber, limits=conversation_limits(), lease=1.0)
+    for _ in range(300):  # nobody took it: its place lapses
+        if await line.counts(conversation) == (0, 0):
+            break
+        await asyncio.sleep(0.05)
+    assert await line.counts(conversation) == (0, 0)
+    # Meanwhile Ann's later prompts fill the line: one runs, three wait.
+    later = [await line.enter(conversation, ann["id"], order=1000 + n) for n in range(4)]
+    assert await line.enter(conversation, ann["id"], order=2000) is None
+    tg.fail_next("sendMessage", **fault)
+    try:
+        with caplog.at_level(logging.WARNING):
+            after = await make_bot(journal_lease=1.0)
+            await tg.wait_for(lambda: before.replies(second) == [EN.busy], 30)
+            await tg.wait_for(lambda: not after.answerer._tasks, 15)
+    finally:
+        for ticket in later:
+            assert ticket is not None
+            await ticket.__aexit__(None, None, None)
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, [r.getMessage() for r in problems]
+    assert problems[0].exc_info is None
+    assert await redis.lrange("gptalk:handback", 0, -1) == []

@@ -139,9 +139,9 @@ async def test_claiming_is_exclusive_and_release_gives_it_back(
     assert sorted(c is not None for c in claims) == [False, True]
     winner, loser = (one, two) if claims[0] is not None else (two, one)
     assert await loser.orphans() == []  # the winner is alive: hands off
-    await loser.release(answer.id)  # not the loser's to release
+    await loser.release(answer)  # not the loser's to release
     assert await loser.orphans() == []
-    await winner.release(answer.id)
+    await winner.release(answer)
     [orphan] = await loser.orphans()
     assert orphan.id == answer.id
     assert await loser.claim(answer.id) is not None

@@ -85,6 +85,10 @@ class Entry:
     message_ids: tuple[int, ...] = ()
     markdown: str = ""  # the answer consumed so far
     last: Rendered = _NOTHING_SHOWN  # the last message as Telegram shows it
+    # Recovery's failed tries to mark it interrupted, and when (Unix time) the next
+    # may be: every process that sweeps keeps the same back-off.
+    tries: int = 0
+    retry_at: float = 0.0
     owner: str = ""  # filled in when read back
 
     @classmethod
@@ -124,6 +128,8 @@ class Entry:
                 "entities": [
                     [e.type, e.offset, e.length, dict(e.extra)] for e in self.last.entities
                 ],
+                "tries": self.tries,
+                "retry_at": self.retry_at,
             },
             ensure_ascii=False,
         )
@@ -145,6 +151,8 @@ class Entry:
             message_ids=tuple(data["message_ids"]),
             markdown=data["markdown"],
             last=Rendered(data["text"], entities),
+            tries=data.get("tries", 0),  # entries written before retries were kept
+            retry_at=data.get("retry_at", 0.0),
             owner=owner,
         )
 
@@ -184,8 +192,9 @@ class Journal(Protocol):
         """Become the owner of an orphan; None when it is gone or its owner is alive."""
         ...
 
-    async def release(self, answer_id: str) -> None:
-        """Give a claimed entry up again (orphaned), for a later sweep to retry."""
+    async def release(self, entry: Entry) -> None:
+        """Give a claimed entry up again (orphaned), for a later sweep to retry; it
+        is stored as ``entry`` (with its tries so far)."""
         ...
 
 
@@ -308,11 +317,10 @@ class MemoryJournal(_Leased):
         self._space.entries[answer_id] = (self.owner, self.incarnation, entry, expires)
         return replace(entry, owner=self.owner)
 
-    async def release(self, answer_id: str) -> None:
-        entry = self._ours(answer_id)
-        if entry is not None:
-            _, _, _, expires = self._space.entries[answer_id]
-            self._space.entries[answer_id] = ("", "", entry, expires)
+    async def release(self, entry: Entry) -> None:
+        if self._ours(entry.id) is not None:
+            _, _, _, expires = self._space.entries[entry.id]
+            self._space.entries[entry.id] = ("", "", replace(entry, owner=""), expires)
 
 
 # KEYS[1] = entry hash; ARGV = owner, incarnation, ttl, field, value, …
@@ -450,8 +458,10 @@ class RedisJournal(_Leased):
         )
         return None if raw is None else Entry.from_json(answer_id, raw, self.owner)
 
-    async def release(self, answer_id: str) -> None:
-        await self._write_if_ours(answer_id, "owner", "", "incarnation", "")
+    async def release(self, entry: Entry) -> None:
+        await self._write_if_ours(
+            entry.id, "owner", "", "incarnation", "", "entry", entry.to_json()
+        )
 
 
 class InFlight:

@@ -59,6 +59,8 @@ from aiogram.types import InlineKeyboardMarkup, LinkPreviewOptions, ReplyParamet
 
 from .budgets import Priority
 from .layout import StreamLayout
+from .refusals import Refusal, refusal_of
+from .refusals import brief as _brief
 from .render import MAX_MESSAGE_UNITS, Rendered, utf16_len
 from .scheduler import ActionDroppedError, Scheduler, SlotRequest
 
@@ -84,17 +86,6 @@ class NoRightsError(ChatUnavailableError):
     def __init__(self, description: str, *, topic: bool = False) -> None:
         super().__init__(description)
         self.topic = topic
-
-
-# Telegram's descriptions (lower case) of a send the bot has no right to make.
-_NO_RIGHTS = (
-    "not enough rights",
-    "have no rights to send",
-    "chat_write_forbidden",
-    "chat_restricted",
-    "need administrator rights",
-)
-_TOPIC_GONE = ("topic_closed", "topic_deleted", "message thread not found")
 
 
 class _UndeliverableError(Exception):
@@ -461,7 +452,7 @@ class StreamingReply:
             self._move_to(exc.migrate_to_chat_id)
             return True
         except TelegramBadRequest as exc:
-            return self._bad_request(step, exc.message.lower())
+            return self._bad_request(step, exc)
         except (TelegramForbiddenError, TelegramNotFound) as exc:
             raise ChatUnavailableError(str(exc)) from exc
         except (TelegramAPIError, ClientDecodeError) as exc:
@@ -534,24 +525,25 @@ class StreamingReply:
             ids = tuple(shown.message_id for shown in self._shown)
             await self._on_progress(ids, self.markdown, self._shown[-1].content)
 
-    def _bad_request(self, step: _Step, description: str) -> bool:
+    def _bad_request(self, step: _Step, exc: TelegramBadRequest) -> bool:
         index, content = step.index, step.content
-        if any(marker in description for marker in _NO_RIGHTS):
+        description, refusal = exc.message.lower(), refusal_of(exc)
+        if refusal is Refusal.NO_RIGHTS:
             raise NoRightsError(description)
-        if any(marker in description for marker in _TOPIC_GONE):
+        if refusal is Refusal.TOPIC_GONE:
             raise NoRightsError(description, topic=self._thread_id is not None)
-        if "chat not found" in description:
+        if refusal is Refusal.CHAT_GONE:
             raise ChatUnavailableError(description)
-        if "can't parse entities" in description and content.entities:
+        if refusal is Refusal.BAD_ENTITIES and content.entities:
             log.warning("Telegram rejected our formatting in chat %s; plain text", self._chat_id)
             self._plain.add(index)
             return True
         if index < len(self._shown):
             shown = self._shown[index]
-            if "message is not modified" in description:
+            if refusal is Refusal.NOT_MODIFIED:
                 shown.content, shown.button = content, step.button
                 return True
-            if "message to edit not found" in description or "can't be edited" in description:
+            if refusal is Refusal.MESSAGE_GONE:
                 log.info("message %s in chat %s is gone", shown.message_id, self._chat_id)
                 if index == len(self._shown) - 1:
                     del self._shown[index]  # the text it showed goes out in a new message
@@ -571,9 +563,3 @@ class StreamingReply:
             self._refused[index] = (content, count + 1 if previous == content else 1)
             return True
         raise _UndeliverableError(description)
-
-
-def _brief(exc: TelegramAPIError | ClientDecodeError) -> str:
-    if isinstance(exc, ClientDecodeError):  # its text holds the whole page: not for logs
-        return f"unreadable response ({type(exc.original).__name__})"
-    return str(exc)
