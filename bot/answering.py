@@ -281,7 +281,6 @@ class Answerer:
     _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _closing: bool = field(init=False, default=False)
     _stopping: bool = field(init=False, default=False)  # the shutdown stops every answer
-    _handed_back: int = field(init=False, default=0)  # prompts handed back by the shutdown
     # Stopping replicas hand their waiting prompts to the others (None: one process).
     handbacks: HandBacks | None = None
     _queued: set[_Queued] = field(init=False, default_factory=set)  # in line, not started
@@ -510,18 +509,11 @@ class Answerer:
         self._closing = True
         if self.handbacks is not None:
             await self.handbacks.stop()  # and take none of the others' any more
+            handed = 0
             for queued in list(self._queued):
-                await self._hand_back(queued, if_waiting=True)
-        try:
-            await self._finish(grace)
-        finally:
-            # Counted at the end: a prompt on its way into the line when the signal
-            # came is handed back by its own task, while the answers finish.
-            if self._handed_back:
-                log.info("handed back %d waiting prompt(s), for another replica", self._handed_back)
-
-    async def _finish(self, grace: float) -> None:
-        """Let the prompts in hand end within ``grace`` seconds, then stop the rest."""
+                handed += await self._hand_back(queued, if_waiting=True)
+            if handed:
+                log.info("handed back %d waiting prompt(s), for another replica", handed)
         if not self._tasks:
             return
         log.info("waiting up to %s s for %d prompt(s) in hand", grace, len(self._tasks))
@@ -675,7 +667,6 @@ class Answerer:
             queued.ticket, queued.payload, if_waiting=if_waiting
         )
         if handed:
-            self._handed_back += 1
             log.info("a prompt in chat %s goes to another replica", queued.conversation.chat_id)
         return handed
 
