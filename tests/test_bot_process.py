@@ -46,6 +46,11 @@ async def test_bot_answers_and_shuts_down_gracefully(
     await tg.wait_for(lambda: bool(tg.bot_messages(42)), timeout=30)
     queued = tg.user_message(tg.private_chat(user), user, "and another thing")
     await tg.wait_for(lambda: not tg.pending_updates, timeout=30)  # the bot has it
+    # ... and it waits in line (in Redis), not still on its way there: the shutdown's
+    # hand-back takes the prompts in line.
+    async with asyncio.timeout(30):
+        while not await redis.zcard("gptalk:line:42:waiting"):  # noqa: ASYNC110 - Redis has no event
+            await asyncio.sleep(0.02)
     proc.send_signal(signal.SIGTERM)  # mid-answer: it must still finish
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
