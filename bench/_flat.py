@@ -18,10 +18,6 @@ bots use, against the same fake Bot API (they live here, not in ``bot/``):
 and the bot itself with ``STREAM_MODE=draft`` (strategy ``draft``: the answer grows in
 ``sendMessageDraft`` calls, which count against the same limits, and ends as a message).
 
-The fake counts chat actions ("typing…") in every limit like messages, as Telegram
-does; they are recorded beside the sends, edits and drafts (``FlatRun.calls``) and
-reported on their own.
-
 Used by ``python -m bench.bench_load --sweep 100,200,500,1000`` and ``bench/plots.py``.
 Everything is recorded as JSON-ready dicts (``FlatRun.to_json``).
 """
@@ -189,8 +185,7 @@ class StrictTelegram(FakeTelegram):
 
 
 def busiest_second(calls: list[tuple[float, str, int]]) -> int:
-    """The most successful counted calls (send, edit, draft, chat action) that arrived
-    within one second."""
+    """The most successful send/edit/draft calls that arrived within one second."""
     times = sorted(t for t, _m, status in calls if status == 200)
     most, start = 0, 0
     for end, t in enumerate(times):
@@ -318,15 +313,12 @@ def _status(call: Any) -> int:
 
 
 MESSAGE_CALLS = ("sendMessage", "editMessageText", "sendMessageDraft")
-CHAT_ACTION = "sendChatAction"
-# Every call the fake counts in its limits.
-COUNTED_CALLS = (*MESSAGE_CALLS, CHAT_ACTION)
 
 
 def _calls(tg: FakeTelegram, t0: float) -> list[tuple[float, str, int]]:
     # Call.at is FakeTelegram.now() (real time at time_scale 1), t0 the same clock.
     return [
-        (round(c.at - t0, 4), c.method, _status(c)) for c in tg.calls if c.method in COUNTED_CALLS
+        (round(c.at - t0, 4), c.method, _status(c)) for c in tg.calls if c.method in MESSAGE_CALLS
     ]
 
 
@@ -580,7 +572,7 @@ def summary_rows(runs: list[FlatRun]) -> list[list[object]]:
                 f"{r.complete}/{r.n}",
                 f"{r.correct}/{r.n}",
                 r.too_many,
-                " / ".join(str(ok[method]) for method in COUNTED_CALLS),
+                f"{sum(ok.values())} ({ok['sendMessageDraft']})",
                 f"{r.us_per_chunk:.0f}",
                 f"{r.process_us_per_chunk:.0f}",
                 f"{r.cpu_s:.1f} ({r.fake_cpu_s:.1f})",
@@ -631,11 +623,9 @@ def too_many_story(run: FlatRun) -> str:
     the fake, and the budgets' events (a Redis timeout hands over to this process)."""
     limited = [t for t, _m, status in run.calls if status == 429]
     by = ", ".join(f"{count} {limit}" for limit, count in sorted(run.too_many_by.items()))
-    methods = Counter(m for _t, m, status in run.calls if status == 429)
-    on = ", ".join(f"{count} {method}" for method, count in methods.most_common())
     span = f"at {min(limited):.1f}–{max(limited):.1f} s" if limited else "none"
     lines = [
-        f"{run.too_many} × 429 ({by or 'limit unknown'}; {on or 'methods unknown'}) {span}; "
+        f"{run.too_many} × 429 ({by or 'limit unknown'}) {span}; "
         f"busiest second at the fake: {busiest_second(run.calls)} ok calls"
     ]
     lines += [f"  - {t:.1f} s: {line}" for t, line in run.events]
@@ -648,7 +638,7 @@ SUMMARY_HEADERS = [
     "complete",
     "exact",
     "429s",
-    "ok send / edit / draft / chat action",
+    "ok calls (drafts)",
     "bot CPU µs/chunk",
     "process CPU µs/chunk",
     "process CPU s (fake Bot API's handler)",

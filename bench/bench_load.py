@@ -10,8 +10,7 @@ when it is queued):
 * time to GPTalk submit, time to first visible message (the bot's first successful
   ``sendMessage`` in that chat, by ``Call.at``), time to complete (the update fully
   handled), p50/p95/max;
-* send/edit calls and chat actions ("typing…", which the fake counts in every limit
-  like messages), 429s, GPTalk logins, event-loop lag, peak RSS and CPU seconds of
+* send/edit calls, 429s, GPTalk logins, event-loop lag, peak RSS and CPU seconds of
   this process (bot *and* the in-process fakes) and of redis-server.
 
     .venv/bin/python -m bench.bench_load --conversations 200
@@ -163,7 +162,6 @@ class Result:
     complete: list[float]
     sends: int
     edits: int
-    actions: int  # sendChatAction, ok
     failed_calls: Counter[str]
     too_many: int
     logins: int
@@ -260,13 +258,10 @@ async def run_load(args: argparse.Namespace, redis_url: str, redis_pid: int) -> 
 
         first_send: dict[int, float] = {}
         message_calls = [c for c in tg.calls if c.method in ("sendMessage", "editMessageText")]
-        actions = tg.calls_to("sendChatAction")
         for call in message_calls:
             if call.ok and call.method == "sendMessage":
                 first_send.setdefault(call.params["chat_id"], call.at)
-        failed = Counter(
-            f"{c.method}: {c.description}" for c in [*message_calls, *actions] if not c.ok
-        )
+        failed = Counter(f"{c.method}: {c.description}" for c in message_calls if not c.ok)
         ats = [c.at for c in message_calls]
         span = max(ats) - min(ats) if len(ats) > 1 else float("nan")
         correct = 0
@@ -296,7 +291,6 @@ async def run_load(args: argparse.Namespace, redis_url: str, redis_pid: int) -> 
             ],
             sends=sum(1 for c in message_calls if c.ok and c.method == "sendMessage"),
             edits=sum(1 for c in message_calls if c.ok and c.method == "editMessageText"),
-            actions=sum(1 for c in actions if c.ok),
             failed_calls=failed,
             too_many=tg.too_many_requests,
             logins=gptalk.logins,
@@ -358,10 +352,9 @@ def report(result: Result, args: argparse.Namespace) -> str:
             [
                 ["sendMessage (ok)", result.sends],
                 ["editMessageText (ok)", result.edits],
-                ["sendChatAction (ok; counted in the limits, best-effort)", result.actions],
                 ["send/edit calls per answer", f"{(result.sends + result.edits) / n:.2f}"],
                 ["send/edit rate over the busy span (calls/s)", f"{result.calls_per_s:.1f}"],
-                ["failed send/edit/chat action calls", sum(result.failed_calls.values())],
+                ["failed send/edit calls", sum(result.failed_calls.values())],
                 [
                     "scheduler budget checks (per send/edit call)",
                     f"{result.limiter_evaluations:,} "
@@ -536,10 +529,9 @@ def sweep(args: argparse.Namespace) -> list[_flat.FlatRun]:
                     stream_mode=stream_mode, round_=round_,
                 )
             )  # fmt: skip
-            actions = sum(m == _flat.CHAT_ACTION and ok == 200 for _t, m, ok in run.calls)
             print(
                 f"  … {run.label}, N = {n}: {run.us_per_chunk:.0f} µs/chunk, "
-                f"{run.too_many} × 429, {actions} chat actions, load {load_average()}"
+                f"{run.too_many} × 429, load {load_average()}"
             )
             return run
 

@@ -44,7 +44,6 @@ COLORS = {
     "interval": "tab:orange",
 }
 DRAFT_COLOR = "lightgreen"
-ACTION_COLOR = "gold"
 # Plot 2's series: (runs' key, line style, label).
 LATENCY_SERIES = (
     ("redis", "-", "Redis"),
@@ -70,27 +69,18 @@ def measure(before_tree: Path | None) -> None:
 
 
 def plot_calls(runs: list[FlatRun], path: Path) -> None:
-    """Plot 1: send/edit/draft calls and chat actions per second over time, and 429s, per
-    strategy."""
+    """Plot 1: send/edit/draft calls per second over time, and 429s, per strategy."""
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.0 * len(runs)), sharex=True)
     horizon = max(max((c[0] for c in r.calls), default=0) for r in runs)
     seconds = list(range(int(horizon) + 1))
     for ax, run in zip(axes, runs, strict=True):
-        kind = {"sendMessageDraft": "draft", "sendChatAction": "typing"}
-        ok, drafts, actions = (
-            Counter(
-                int(t)
-                for t, m, status in run.calls
-                if status == 200 and kind.get(m, "send/edit") == wanted
-            )
-            for wanted in ("send/edit", "draft", "typing")
-        )
+        ok = Counter(int(t) for t, m, status in run.calls if status == 200 and "Draft" not in m)
+        drafts = Counter(int(t) for t, m, status in run.calls if status == 200 and "Draft" in m)
         limited = Counter(int(t) for t, _m, status in run.calls if status == 429)
         bottom = [0] * len(seconds)
         for counts, color, label in (
             (ok, COLORS[run.strategy], "send/edit"),
             (drafts, DRAFT_COLOR, "draft"),
-            (actions, ACTION_COLOR, "typing"),
             (limited, "black", "429"),
         ):
             if not counts and label != "429":
@@ -104,8 +94,6 @@ def plot_calls(runs: list[FlatRun], path: Path) -> None:
         made = f"{sum(ok.values()) + sum(drafts.values())} calls ok" + (
             f" ({sum(drafts.values())} drafts)" if drafts else ""
         )
-        if actions:
-            made += f" + {sum(actions.values())} chat actions"
         ax.set_title(
             f"{run.label}: {made}, {run.too_many} × 429, last answer final at {done:.0f} s",
             fontsize=9,

@@ -776,10 +776,6 @@ class Answerer:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             empty_notice=texts.empty_answer,
             typing_interval=self.typing_interval,
-            # Messages of the conversation still on their way get replies of their
-            # own (a "busy" notice, say) that need the chat's budget more than a
-            # "typing…" does, and typing could take the last of it before them.
-            typing_now=lambda: not self.arrivals.pending(conversation),
             on_progress=flight.progress,
             stop_markup=(
                 self.stop_button(token, texts.stop_button) if self.stop_button is not None else None

@@ -28,15 +28,6 @@ Everything the fake reports is in fake seconds: ``retry_after`` of a 429, :attr:
 ``retry_after * time_scale`` real seconds). ``time_scale=1.0`` (the default) is real time.
 :meth:`FakeTelegram.wait_for` takes its ``timeout`` in *real* seconds.
 
-Rate limits
------------
-Every ``sendMessage``, ``editMessageText``, ``sendMessageDraft`` and ``sendChatAction`` counts
-in its chat's budget (a private chat: a bucket of ``private_burst`` refilled at
-``private_rate`` per second; a group: ``group_limit`` calls in any ``group_window`` seconds)
-and in the bot's (``global_limit`` calls in any rolling second); a call that would exceed
-one gets ``429 Too Many Requests: retry after N`` and is not counted. Chat actions count
-like messages (see ``_RATE_LIMITED``). ``enforce_limits=False`` turns all of this off.
-
 Text processing (what Telegram stores)
 --------------------------------------
 ``sendMessage``/``editMessageText`` texts go through the same steps as in Telegram (tdlib's
@@ -177,16 +168,11 @@ _METHODS: Final[dict[str, str]] = {
         "sendMessageDraft",
     )
 }
-# Methods that count against the rate limits, in every window (the chat's and the bot's):
-# those that create or edit messages, and chat actions ("typing…"), which Telegram counts
-# too (a bot was flood-banned for about 20 sendChatAction calls a minute to one chat with
-# almost no edits, hermes-agent #99643). Reads (getMe, getChat, getChatMember,
-# getChatAdministrators) do not: Telegram documents its flood limits for sending only, and
-# reads are not known to count. That is an assumption: if they did, a burst of them would
-# answer 429 here too.
-_RATE_LIMITED: Final = frozenset(
-    {"sendMessage", "editMessageText", "sendMessageDraft", "sendChatAction"}
-)
+# methods that create or edit messages: these count against the rate limits. Reads (getMe,
+# getChat, getChatMember, getChatAdministrators) do not: Telegram documents its flood limits
+# for sending messages only, and reads are not known to count. That is an assumption: if they
+# did, a burst of them would answer 429 here too.
+_RATE_LIMITED: Final = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
 
 _JSON_FIELDS: Final = frozenset(
     {
@@ -2377,7 +2363,6 @@ class FakeTelegram:
         if action not in _CHAT_ACTIONS:
             raise _bad("wrong parameter action in request")
         self._check_blocked(chat)
-        self._rate_check(chat["id"])
         return True
 
     def _m_deleteMessage(self, params: dict[str, Any]) -> bool:

@@ -31,19 +31,6 @@ async def test_a_later_message_waits_for_the_earlier_to_leave() -> None:
     await asyncio.wait_for(second, 1)
 
 
-async def test_pending_until_every_message_of_the_conversation_has_its_place() -> None:
-    arrivals: Arrivals[str] = Arrivals()
-    assert not arrivals.pending("ann")
-    arrivals.arrive("ann", 1)
-    arrivals.arrive("ann", 2)
-    assert arrivals.pending("ann")
-    assert not arrivals.pending("bob")
-    arrivals.entered("ann", 1)
-    assert arrivals.pending("ann")
-    await arrivals.leave("ann", 2)
-    assert not arrivals.pending("ann")
-
-
 async def test_unregistered_messages_and_double_leaves_are_fine() -> None:
     arrivals: Arrivals[str] = Arrivals()
     await asyncio.wait_for(arrivals.turn("ann", 9), 1)  # an edit or a retry: no order to keep

@@ -450,62 +450,10 @@ async def test_private_chat_burst_limit(fake: FakeTelegram, bot: Bot) -> None:
     with pytest.raises(TelegramRetryAfter):
         await bot.edit_message_text("edited", chat_id=chat_id, message_id=first.message_id)
     assert first.text == "m0"
-    # chat actions count too; other chats have their own budget
-    with pytest.raises(TelegramRetryAfter):
-        await bot.send_chat_action(chat_id, "typing")
+    # chat actions are not rate-limited; other chats have their own budget
+    assert await bot.send_chat_action(chat_id, "typing")
     _, other_chat = _user_and_chat(fake, 2002)
     await bot.send_message(other_chat, "fine")
-    assert await bot.send_chat_action(other_chat, "typing")
-
-
-async def test_chat_actions_count_in_a_private_chats_bucket(fake: FakeTelegram, bot: Bot) -> None:
-    _, chat_id = _user_and_chat(fake)
-    for _ in range(3):
-        assert await bot.send_chat_action(chat_id, "typing")
-    with pytest.raises(TelegramRetryAfter):  # the burst of 3 is spent: on messages too
-        await bot.send_message(chat_id, "after three typing")
-    with pytest.raises(TelegramRetryAfter):
-        await bot.send_chat_action(chat_id, "typing")
-    assert fake.too_many_requests == 2
-    rejected = fake.calls_to("sendChatAction")[-1]
-    assert (rejected.ok, rejected.error_code) == (False, 429)
-    assert fake.bot_messages(chat_id) == []
-
-
-async def test_chat_actions_count_in_a_groups_window(
-    make_fake: MakeFake, make_bot: MakeBot
-) -> None:
-    fake = await make_fake(time_scale=0.01, group_limit=20, group_window=60.0)
-    bot = make_bot(fake)
-    group = fake.group_chat(-100124, "Team")
-    for i in range(10):
-        await bot.send_message(group["id"], f"m{i}")
-        assert await bot.send_chat_action(group["id"], "typing")
-    with pytest.raises(TelegramRetryAfter) as info:
-        await bot.send_chat_action(group["id"], "typing")
-    assert 50 <= info.value.retry_after <= 60
-    with pytest.raises(TelegramRetryAfter):
-        await bot.send_message(group["id"], "m10")
-    assert fake.too_many_requests == 2
-    assert len(fake.bot_messages(group["id"])) == 10
-
-
-async def test_chat_actions_count_in_the_bot_wide_second(
-    make_fake: MakeFake, make_bot: MakeBot
-) -> None:
-    fake = await make_fake(time_scale=100.0)  # the whole burst within one fake second
-    bot = make_bot(fake)
-    chats = [_user_and_chat(fake, 6000 + i)[1] for i in range(32)]
-    for chat_id in chats[:15]:
-        await bot.send_message(chat_id, "hi")
-    for chat_id in chats[15:30]:
-        assert await bot.send_chat_action(chat_id, "typing")
-    with pytest.raises(TelegramRetryAfter):
-        await bot.send_message(chats[30], "one too many")
-    with pytest.raises(TelegramRetryAfter):
-        await bot.send_chat_action(chats[31], "typing")
-    assert fake.too_many_requests == 2
-    assert fake.now() < 1.0
 
 
 async def test_group_sliding_window(make_fake: MakeFake, make_bot: MakeBot) -> None:

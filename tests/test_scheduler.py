@@ -12,7 +12,6 @@ from aiogram.client.session.middlewares.base import (
     BaseRequestMiddleware,
     NextRequestMiddlewareType,
 )
-from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
@@ -25,12 +24,7 @@ from bot.delivery.budgets import (
     TokenBucket,
     Verdict,
 )
-from bot.delivery.scheduler import (
-    RETRY_MARGIN,
-    ActionDroppedError,
-    ChatterDroppedError,
-    Scheduler,
-)
+from bot.delivery.scheduler import ChatterDroppedError, Scheduler
 from tests.fake_telegram import FakeTelegram
 from tests.telegram_harness import make_bot
 
@@ -302,150 +296,3 @@ def test_idle_chats_are_forgotten_busy_ones_never() -> None:
         call(budgets, chat_id)
     assert len(budgets) < MemoryBudgets.PRUNE_EVERY + 10
     assert -1 in budgets._chats  # the group's spent budget is not forgotten
-
-
-# --- chat actions: best-effort, below everything --------------------------------------------
-
-
-class Clock:
-    """Telegram seconds that pass only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def on_clock(clock: Clock, **overrides: float) -> Scheduler:
-    return Scheduler(MemoryBudgets(TelegramLimits(**overrides), clock=clock))  # type: ignore[arg-type]
-
-
-async def test_a_chat_action_goes_only_if_there_is_room_now() -> None:
-    clock = Clock()
-    sched = on_clock(clock)
-    slot = await sched.offer(1)
-    assert slot is not None
-    assert slot.done
-    await sched.settle(slot)
-    # It took a token: the bucket is no longer full, and an action never waits.
-    assert await sched.offer(1) is None
-    assert sched.waiting == 0
-    assert await sched.offer(2) is not None  # another chat has its own bucket
-    clock.now += 1.0  # refilled
-    assert await sched.offer(1) is not None
-    await sched.block(3, 5)  # a 429's penalty holds chat actions too
-    assert await sched.offer(3) is None
-    clock.now += 5.0 + RETRY_MARGIN
-    assert await sched.offer(3) is not None
-    await sched.aclose()
-
-
-async def test_a_chat_action_never_goes_before_a_call_waiting_in_its_chat() -> None:
-    clock = Clock()
-    sched = on_clock(clock, edit_interval=1000.0)
-    await asyncio.wait_for(sched.acquire(4, Priority.ANSWER), 5)
-    clock.now += 2.0  # the bucket is full again
-    edit = sched.request(4, Priority.EDIT)  # held by the edit interval (the clock stands still)
-    # Served after that edit was looked at (same priority, later): it is parked now.
-    await asyncio.wait_for(sched.acquire(6, Priority.EDIT), 5)
-    assert not edit.done
-    assert await sched.offer(4) is None  # below the waiting edit, though the bucket has room
-    assert await sched.offer(5) is not None  # other chats: the edit waits for nothing of theirs
-    edit.promote(Priority.ANSWER)
-    await asyncio.wait_for(sched.wait(edit), 5)
-    await sched.settle(edit)
-    await sched.aclose()
-
-
-async def test_chat_actions_leave_every_share_of_the_bot_wide_second() -> None:
-    sched = on_clock(Clock())
-    offered = [await sched.offer(100 + i) for i in range(40)]
-    granted = [slot for slot in offered if slot is not None]
-    # Only while more than half of the 28 slots are free: 14 of 40.
-    assert len(granted) == 28 - sched.limits.global_reserve_action == 14
-    # The rest is the others': edits, chatter and answers go at once (the clock stands
-    # still, so any of them that had to wait would wait for ever).
-    for chat_id, priority in [
-        *((200 + i, Priority.EDIT) for i in range(8)),
-        *((300 + i, Priority.CHATTER) for i in range(4)),
-        *((400 + i, Priority.ANSWER) for i in range(2)),
-    ]:
-        await asyncio.wait_for(sched.acquire(chat_id, priority), 5)
-    for slot in granted:
-        await sched.settle(slot)
-    await sched.aclose()
-
-
-async def test_at_saturation_typing_gives_way(scheduler: Scheduler) -> None:
-    """Answers waiting for the bot-wide budget: no chat action takes a slot of theirs,
-    however many are offered, until none waits."""
-    answers = [scheduler.request(1000 + i, Priority.ANSWER) for i in range(90)]
-    settled: set[int] = set()
-    offers = 0
-    while len(settled) < len(answers):
-        for chat_id in range(5000, 5050):
-            waiting = any(not answer.done for answer in answers)
-            slot = await scheduler.offer(chat_id)
-            offers += waiting
-            if slot is not None:
-                assert not waiting, "a chat action went while answers waited"
-                await scheduler.settle(slot)
-        for i, answer in enumerate(answers):
-            if answer.done and i not in settled:
-                settled.add(i)
-                await scheduler.settle(answer)
-        await asyncio.sleep(0.1 * SCALE)
-    assert offers >= 100  # offered all along: 90 answers take over 2 Telegram seconds
-    await asyncio.sleep(1.5 * SCALE)  # the window drains: typing is back
-    assert await scheduler.offer(6000) is not None
-
-
-async def test_an_abandoned_chat_action_hands_its_slot_back() -> None:
-    """Cancelled while the budgets count it (an answer's first message went out), its
-    bot-wide slot is settled, not held in flight until it lapses."""
-    clock = Clock()
-    sched = on_clock(clock, global_limit=1)
-    offering = asyncio.create_task(sched.offer(1))
-    await asyncio.sleep(0)  # now asking the budgets
-    offering.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await offering
-    for _ in range(3):  # the budgets answer; the slot is handed back
-        await asyncio.sleep(0)
-    clock.now += 1.0  # one window after its answer
-    verdict = await sched.budgets.take(2, Priority.ANSWER)
-    assert verdict.wait == 0, verdict  # in flight, it would fill the window for 10 s
-    await sched.aclose()
-
-
-async def test_a_chat_action_is_sent_or_dropped_never_queued_nor_retried() -> None:
-    scale = 0.2
-    scheduler = Scheduler(MemoryBudgets(TelegramLimits(time_scale=scale)))
-    async with FakeTelegram(time_scale=scale) as tg, make_bot(tg, scheduler) as bot:
-        ann = tg.private_chat(tg.add_user(7001, "Ann"))["id"]
-        assert await bot.send_chat_action(ann, "typing")
-        with pytest.raises(ActionDroppedError):  # no room right now: not sent, not queued
-            await bot.send_chat_action(ann, "typing")
-        assert len(tg.calls_to("sendChatAction", ann)) == 1
-        assert scheduler.waiting == 0
-
-        bob = tg.private_chat(tg.add_user(7002, "Bob"))["id"]
-        tg.fail_next(
-            "sendChatAction",
-            error_code=429,
-            description="Too Many Requests: retry after 3",
-            retry_after=3,
-        )
-        refused_at = tg.now()
-        with pytest.raises(TelegramRetryAfter):
-            await bot.send_chat_action(bob, "typing")
-        assert len(tg.calls_to("sendChatAction", bob)) == 1  # dropped, not retried
-        with pytest.raises(ActionDroppedError):  # the chat's penalty holds typing…
-            await bot.send_chat_action(bob, "typing")
-        with Scheduler.calls_as(Priority.ANSWER):  # … and every other call
-            await bot.send_message(bob, "after the penalty")
-        [sent] = tg.calls_to("sendMessage", bob)
-        assert sent.at - refused_at >= 3
-        assert tg.too_many_requests == 0
-    await scheduler.aclose()

@@ -80,10 +80,6 @@ class Arrivals(Generic[K]):
         for left in earlier:
             await asyncio.shield(left)
 
-    def pending(self, key: K) -> bool:
-        """Whether messages of ``key`` are on their way to the line in this process."""
-        return key in self._waiting
-
     def entered(self, key: K, message_id: int) -> None:
         """The message has its place in the line (or was refused one): taking it
         ended its announcement too."""

@@ -2,8 +2,7 @@
 
 Telegram does not publish its limits; our model (design.md) is: a private chat
 takes about 1 message/s with a burst of 3, a group 20 messages per 60 s sliding
-window, the bot as a whole about 30 per second. Edits count like messages, and so
-do chat actions ("typing…").
+window, the bot as a whole about 30 per second. Edits count like messages.
 
 :class:`TelegramLimits` holds the numbers the bot keeps to, stricter than the model
 (bursts lower, windows longer) so that network jitter between our clock and
@@ -52,8 +51,6 @@ class Priority(enum.IntEnum):
     ANSWER = 0  # an answer's first message, a part that just filled up, its final edit
     CHATTER = 1  # command replies, refusals, notices
     EDIT = 2  # intermediate edits of a streaming answer
-    # Chat actions ("typing…"): best-effort, never queued (Scheduler.offer).
-    ACTION = 3
 
 
 class Scope(enum.Enum):
@@ -80,11 +77,9 @@ class TelegramLimits:
     """The budgets the bot keeps to, in Telegram seconds.
 
     Reserves are slots a priority may not use, kept for the more urgent ones:
-    chat actions leave ``*_reserve_action`` slots free, intermediate edits
-    ``*_reserve_edit``, chatter ``*_reserve_chatter``; answers may use everything. So
-    answers are never held up by edits, chatter has a share that edits cannot take,
-    and "typing…" goes out only while a budget is far from full: a private chat's
-    bucket full, a group's minute nearly unused, half the bot-wide second free.
+    intermediate edits leave ``*_reserve_edit`` slots free, chatter
+    ``*_reserve_chatter``; answers may use everything. So answers are never held up
+    by edits, and chatter has a share that edits cannot take.
 
     ``time_scale`` shrinks every duration (tests run a fake Bot API with a faster
     clock); ``retry_after`` values from Telegram are scaled the same way.
@@ -94,14 +89,10 @@ class TelegramLimits:
     private_burst: int = 2
     private_reserve_chatter: int = 0
     private_reserve_edit: int = 1
-    private_reserve_action: int = 1
     group_limit: int = 20
     group_window: float = 61.0
     group_reserve_chatter: int = 1
     group_reserve_edit: int = 3
-    # A group's 20 calls a minute are its answers': one typing indicator shows for
-    # everyone there, and a busy group is seen to be answered anyway.
-    group_reserve_action: int = 17
     # No rolling second may hold more than 30 calls. Calls are counted from their
     # answers (see the module docstring), so network delays need no margin here;
     # two slots are left for Telegram counting a little differently.
@@ -109,7 +100,6 @@ class TelegramLimits:
     global_window: float = 1.0
     global_reserve_chatter: int = 2
     global_reserve_edit: int = 6
-    global_reserve_action: int = 14
     edit_interval: float = 1.0
     group_edit_interval: float = 3.0
     time_scale: float = 1.0
@@ -122,11 +112,8 @@ class TelegramLimits:
         if priority is Priority.CHATTER:
             chat = self.private_reserve_chatter if private else self.group_reserve_chatter
             return chat, self.global_reserve_chatter
-        if priority is Priority.EDIT:
-            chat = self.private_reserve_edit if private else self.group_reserve_edit
-            return chat, self.global_reserve_edit
-        chat = self.private_reserve_action if private else self.group_reserve_action
-        return chat, self.global_reserve_action
+        chat = self.private_reserve_edit if private else self.group_reserve_edit
+        return chat, self.global_reserve_edit
 
     def edit_interval_for(self, chat_id: int) -> float:
         return self.edit_interval if chat_id > 0 else self.group_edit_interval
@@ -162,11 +149,8 @@ class TokenBucket:
         self._tokens, self._updated = float(burst), now
 
     def _refill(self, now: float) -> None:
-        # Never backwards: a bucket made a moment after `now` was read must still be full
-        # (a chat action asks for all of it).
-        if now > self._updated:
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
 
     def wait(self, now: float, need: int) -> float:
         self._refill(now)
@@ -330,7 +314,7 @@ class MemoryBudgets:
     def _count(self, chat: _Chat, priority: Priority, now: float) -> str:
         chat.budget.take(now)
         ticket = self._global.take(now)
-        if priority is Priority.ANSWER or priority is Priority.EDIT:
+        if priority is not Priority.CHATTER:
             chat.last_answer_call = now
         return ticket
 

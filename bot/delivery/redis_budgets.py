@@ -66,7 +66,7 @@ local function px(seconds) return math.max(1, math.ceil(seconds * scale * 1000))
 # KEYS: the chat's budget (bucket or window), its block, its last answer call, the
 # bot-wide window.
 # ARGV[3..]: 'bucket' rate burst | 'window' limit length; the chat's need (1 + its
-# reserve); the edit interval; the call's kind ('answer', 'chatter', 'edit', 'action'); the
+# reserve); the edit interval; the call's kind ('answer', 'chatter', 'edit'); the
 # bot-wide limit, window and need; a member unique to this call; the lapse of a call
 # in flight; how soon to look again when only calls in flight fill the window.
 # Returns {wait, scope, now}: wait '0' = counted; scope 1 = the chat is short, 2 = the bot.
@@ -115,7 +115,7 @@ else
 end
 redis.call('ZADD', KEYS[4], fmt(now + lapse), ARGV[12])
 redis.call('PEXPIRE', KEYS[4], px(lapse + gwindow))
-if call == 'answer' or call == 'edit' then
+if call ~= 'chatter' then
   redis.call('SET', KEYS[3], fmt(now), 'PX', px(interval))
 end
 return {'0', 0, fmt(now)}
@@ -146,12 +146,7 @@ return 0
 
 MAX_MIRRORED: Final = 10_000
 
-_CALLS: Final = {
-    Priority.ANSWER: "answer",
-    Priority.CHATTER: "chatter",
-    Priority.EDIT: "edit",
-    Priority.ACTION: "action",
-}
+_CALLS: Final = {Priority.ANSWER: "answer", Priority.CHATTER: "chatter", Priority.EDIT: "edit"}
 _SCOPES: Final = {1: Scope.CHAT, 2: Scope.BOT}
 
 

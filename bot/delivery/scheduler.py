@@ -17,12 +17,6 @@ Only the head of each chat (its most urgent call) takes part, so a grant costs
 O(log n) in the number of waiting calls. Stale heap entries (a chat whose head
 changed) are skipped lazily.
 
-Chat actions ("typing…") count in the same budgets but never wait: :meth:`Scheduler.offer`
-grants one only if the budgets have room for it right now, below every other call
-(the lowest priority, the largest reserves, no call waiting in its chat nor for the
-bot-wide budget), and the middleware drops it otherwise. A late "typing…" is worth
-nothing, so queueing one would only take the slot of a call that matters.
-
 :class:`RateLimitMiddleware` puts every such call made through the bot's session
 behind the scheduler, so no code path can bypass it; the streaming editor
 acquires its slots itself (it picks the content only once it has a slot, so the
@@ -43,26 +37,14 @@ from typing import Final
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.exceptions import TelegramRetryAfter
-from aiogram.methods import (
-    EditMessageText,
-    SendChatAction,
-    SendMessage,
-    SendMessageDraft,
-    TelegramMethod,
-)
+from aiogram.methods import EditMessageText, SendMessage, SendMessageDraft, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 
 from bot.tasks import stop_task
 
-from .budgets import Budgets, Priority, Scope, Verdict
+from .budgets import Budgets, Priority, Scope
 
-__all__ = [
-    "ActionDroppedError",
-    "ChatterDroppedError",
-    "RateLimitMiddleware",
-    "Scheduler",
-    "SlotRequest",
-]
+__all__ = ["ChatterDroppedError", "RateLimitMiddleware", "Scheduler", "SlotRequest"]
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +54,6 @@ RETRY_MARGIN: Final = 0.5
 
 class ChatterDroppedError(Exception):
     """A non-answer reply could not get a slot in time and was dropped."""
-
-
-class ActionDroppedError(Exception):
-    """A chat action found no room in the budgets and was not sent (it never waits)."""
 
 
 class SlotRequest:
@@ -155,7 +133,6 @@ class Scheduler:
         self._bot_short: tuple[float, Priority] = (0.0, Priority.ANSWER)
         self._wakeup: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._handing_back: set[asyncio.Task[None]] = set()  # settles of abandoned offers
         self.grants = 0  # slots handed out
         self.checks = 0  # questions asked of the budgets
 
@@ -186,49 +163,6 @@ class Scheduler:
         request = self.request(chat_id, priority)
         await self.wait(request, deadline=deadline)
         await self.settle(request)
-
-    async def offer(self, chat_id: int, priority: Priority = Priority.ACTION) -> SlotRequest | None:
-        """A granted slot if the budgets have room for a best-effort call right now,
-        else None; never queued. Settle a granted one like any other."""
-        line = self._chats.get(chat_id)
-        if line is not None and line.head() is not None:
-            return None  # the chat's own call is due first, and will clear "typing…" anyway
-        if self._best() is not None:
-            return None  # calls wait for the bot-wide budget, or are being granted now
-        now = self.budgets.now()
-        short_until, short_priority = self._bot_short
-        if now < short_until and priority >= short_priority:
-            return None
-        take = asyncio.ensure_future(self.budgets.take(chat_id, priority))
-        try:
-            verdict = await asyncio.shield(take)
-        except asyncio.CancelledError:
-            # The budgets may count the call all the same: its slot must not stay in
-            # flight until it lapses.
-            take.add_done_callback(self._hand_back)
-            raise
-        except Exception:  # best-effort: a backend failure costs this call only
-            log.exception("the Telegram budgets failed; a best-effort call is dropped")
-            return None
-        if verdict.wait > 0:
-            if verdict.scope is Scope.BOT and self.budgets.now() >= self._bot_short[0]:
-                # Spares the next offers a round trip; queued calls are not affected,
-                # as they are all more urgent than this priority.
-                self._bot_short = (self.budgets.now() + verdict.wait, priority)
-            return None
-        request = SlotRequest(self, chat_id, priority, next(self._seq))
-        request.ticket = verdict.ticket
-        request.granted.set_result(None)
-        return request
-
-    def _hand_back(self, take: asyncio.Future[Verdict]) -> None:
-        if take.cancelled() or take.exception() is not None:
-            return
-        ticket = take.result().ticket
-        if ticket is not None:
-            task = asyncio.get_running_loop().create_task(self.budgets.settle(ticket))
-            self._handing_back.add(task)
-            task.add_done_callback(self._handing_back.discard)
 
     async def settle(self, request: SlotRequest) -> None:
         """``request``'s call was answered, failed or not made: its bot-wide slot
@@ -413,10 +347,6 @@ class RateLimitMiddleware(BaseRequestMiddleware):
     cannot get one within ``chatter_deadline`` is dropped
     (:class:`ChatterDroppedError`), and after a 429 a call is retried once the block
     lifts, up to ``max_retries`` times.
-
-    A chat action is sent only if :meth:`Scheduler.offer` has a slot for it now, else
-    dropped (:class:`ActionDroppedError`); one that meets a 429 blocks its chat like
-    any call and is raised, never retried.
     """
 
     def __init__(
@@ -442,11 +372,8 @@ class RateLimitMiddleware(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         chat_id = getattr(method, "chat_id", None)
         counted = isinstance(method, PACED_METHODS)  # kept apart: narrowing loses the generic
-        action = isinstance(method, SendChatAction)
-        if not (counted or action) or not isinstance(chat_id, int):
+        if not counted or not isinstance(chat_id, int):
             return await make_request(bot, method)
-        if action:
-            return await self._best_effort(make_request, bot, method, chat_id)
         scheduler, paced = self._scheduler, _paced.get()
         priority = _call_priority.get()
         deadline = self._chatter_deadline if priority is Priority.CHATTER else None
@@ -476,25 +403,3 @@ class RateLimitMiddleware(BaseRequestMiddleware):
                 if slot is not None:
                     await scheduler.settle(slot)
         raise AssertionError("unreachable")
-
-    async def _best_effort(
-        self,
-        make_request: NextRequestMiddlewareType[TelegramType],
-        bot: Bot,
-        method: TelegramMethod[TelegramType],
-        chat_id: int,
-    ) -> Response[TelegramType]:
-        scheduler = self._scheduler
-        slot = await scheduler.offer(chat_id)
-        if slot is None:
-            raise ActionDroppedError(f"no room for a {type(method).__name__} in chat {chat_id}")
-        try:
-            return await make_request(bot, method)
-        except TelegramRetryAfter as exc:
-            await scheduler.block(chat_id, exc.retry_after)
-            log.warning("429 in chat %s: retry after %s s", chat_id, exc.retry_after)
-            if self._on_retry_after is not None:
-                await self._on_retry_after()
-            raise
-        finally:
-            await scheduler.settle(slot)

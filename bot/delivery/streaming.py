@@ -12,10 +12,6 @@ text and edits it in place, within the chat's rate limits:
   promoted while they wait when the stream ends or the open part fills up;
 * an edit is made only when what Telegram would store (trimmed text and entities)
   changes;
-* "typing…" shows until the first message, renewed every ``typing_interval``
-  (Telegram seconds); chat actions count in Telegram's budgets, so each renewal goes
-  out only if the scheduler has room for it at that moment (and ``typing_now`` says
-  the chat expects nothing else), and is skipped otherwise;
 * Markdown is rendered to entities; if Telegram rejects them, that message falls
   back to plain text;
 * text beyond 4096 UTF-16 units continues in new messages; a full part is given
@@ -62,7 +58,7 @@ from .layout import StreamLayout
 from .refusals import Refusal, refusal_of
 from .refusals import brief as _brief
 from .render import MAX_MESSAGE_UNITS, Rendered, utf16_len
-from .scheduler import ActionDroppedError, Scheduler, SlotRequest
+from .scheduler import Scheduler, SlotRequest
 
 __all__ = ["ChatUnavailableError", "Delivered", "NoRightsError", "Progress", "StreamingReply"]
 
@@ -134,7 +130,6 @@ class StreamingReply:
         thread_id: int | None = None,
         empty_notice: str = "(empty answer)",
         typing_interval: float = 4.0,
-        typing_now: Callable[[], bool] = lambda: True,
         retry_delay: float = 1.0,
         max_retry_delay: float = 10.0,
         on_progress: Progress | None = None,
@@ -146,9 +141,7 @@ class StreamingReply:
         self._bot, self._scheduler, self._chat_id = bot, scheduler, chat_id
         self._reply_to, self._thread_id = reply_to, thread_id
         self._empty = Rendered(empty_notice)
-        # Telegram seconds: "typing…" shows for about 5 of them.
-        self._typing_interval = typing_interval * scheduler.limits.time_scale
-        self._typing_now = typing_now
+        self._typing_interval = typing_interval
         self._retry_delay, self._max_retry_delay = retry_delay, max_retry_delay
         self._on_progress = on_progress
         self._chunks: list[str] = []
@@ -261,19 +254,13 @@ class StreamingReply:
             self._pending.promote(Priority.ANSWER)
 
     async def _keep_typing(self) -> None:
-        # Best-effort: each refresh goes out only if the budgets have room at that
-        # moment (the scheduler's middleware), and one that does not is skipped, not
-        # retried: the next refresh is as good.
         while True:
             try:
-                if self._typing_now():
-                    await self._bot.send_chat_action(
-                        self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
-                    )
-            except TelegramForbiddenError:
+                await self._bot.send_chat_action(
+                    self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
+                )
+            except (TelegramForbiddenError, TelegramRetryAfter):
                 return
-            except (ActionDroppedError, TelegramRetryAfter):
-                pass  # no room, or the chat is blocked now (for every call, by the scheduler)
             except (TelegramAPIError, ClientDecodeError) as exc:
                 log.debug("chat action failed in chat %s: %s", self._chat_id, _brief(exc))
             await asyncio.sleep(self._typing_interval)
