@@ -68,6 +68,10 @@ def with_marker(shown: Rendered, marker_markdown: str) -> Rendered:
     return Rendered(head + marker.text, shown.entities + moved)
 
 
+# Seconds a stopping sweeper gives the sweep under way to finish.
+STOP_GRACE: Final = 5.0
+
+
 class Recovery:
     """The sweeper. ``start`` and ``stop`` are the dispatcher's startup and shutdown hooks."""
 
@@ -84,28 +88,35 @@ class Recovery:
         self._interval = interval
         self._default_language: Language = default_language
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self._journal.open()
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._keep_sweeping())
 
     async def stop(self) -> None:
-        # redis-py may swallow a cancellation that lands mid-command (the history's
-        # transaction, say): the sweeping also ends at its next look.
-        self._stopping = True
+        # The sweep under way finishes first (up to STOP_GRACE): cancelled between its
+        # marker and its history record, it would leave the answer claimed, marked but
+        # not recorded, for the next process. Then, as ever, it is cancelled.
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=STOP_GRACE)
         await stop_task(self._task)
         self._task = None
         await self._journal.aclose()
 
     async def _keep_sweeping(self) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
                 await self.sweep()
             except Exception:  # a bug must not end the sweeping for the process's life
                 log.exception("journal sweep failed")
-            await asyncio.sleep(self._interval)
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
 
     async def sweep(self) -> int:
         """End every orphaned answer that is due now; return how many were ended."""
