@@ -11,19 +11,13 @@ import pytest
 import redis.asyncio as aioredis
 from yarl import URL
 
-from bot.delivery.budgets import TelegramLimits
 from bot.storage.keys import ConversationKey
 from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
 from tests.held_link import HeldLink, resp
-
-SCALE = 0.1
-GROUP_ID = -100123
-BOT = "@gptalk_test_bot"
-
-Json = dict[str, Any]
+from tests.scaled_bot import SCALE, last_turn, start
 
 
 @pytest.fixture
@@ -32,12 +26,10 @@ async def tg() -> AsyncIterator[FakeTelegram]:
         yield fake
 
 
-async def start(make_bot: BotFactory, **settings: Any) -> BotHarness:
-    return await make_bot(limits=TelegramLimits(time_scale=SCALE), **settings)
+GROUP_ID = -100123
+BOT = "@gptalk_test_bot"
 
-
-def last_turn(prompt: str) -> str:
-    return prompt.removesuffix("\nAssistant:").rsplit("User: ", 1)[-1]
+Json = dict[str, Any]
 
 
 def echo(prompt: str) -> str:

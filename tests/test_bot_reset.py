@@ -10,34 +10,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from bot.delivery.budgets import TelegramLimits
 from bot.delivery.render import render
 from bot.i18n import EN
-from tests.bot_harness import BotHarness
 from tests.conftest import BotFactory, FarRedis
 from tests.fake_gptalk import FakeGPTalk
 from tests.fake_telegram import FakeTelegram
-
-SCALE = 0.1
+from tests.scaled_bot import SCALE, last_turn, start
 
 
 @pytest.fixture
 async def tg() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram(time_scale=SCALE) as fake:
         yield fake
-
-
-async def start(make_bot: BotFactory, **settings: Any) -> BotHarness:
-    return await make_bot(limits=TelegramLimits(time_scale=SCALE), **settings)
-
-
-def last_turn(prompt: str) -> str:
-    return prompt.removesuffix("\nAssistant:").rsplit("User: ", 1)[-1]
 
 
 def long_or_short(prompt: str) -> str:
